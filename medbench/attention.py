@@ -1,0 +1,112 @@
+"""Attention capture through transformers' ``AttentionInterface`` (no monkeypatching).
+
+The text model runs the registered ``medbench`` attention function. It always computes its
+output with SDPA; only while a :class:`CaptureRequest` is active does it additionally recompute
+softmax(QKᵀ) for the requested query rows against the image-key columns — a few rows × a few
+hundred columns per layer instead of materialising every attention matrix eagerly.
+
+``eager_mask`` is registered as the mask builder for the same name, so the function always
+receives an explicit additive causal + padding mask (an unregistered mask would silently make
+the model non-causal).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+ATTENTION_NAME = "medbench"
+
+
+@dataclass
+class CaptureRequest:
+    """Which attention rows to capture.
+
+    ``query_positions``: [B, Q] absolute positions of the query rows (per batch row);
+    ``key_positions``: [B, N] positions of the image tokens; ``layers``: layer indices or None
+    for all. Captured probabilities are summed over the heads unless ``per_head`` is set.
+    """
+
+    query_positions: torch.Tensor
+    key_positions: torch.Tensor
+    layers: set[int] | None = None
+    per_head: bool = False
+    captured: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def wants(self, layer_idx: int) -> bool:
+        return self.layers is None or layer_idx in self.layers
+
+
+_ACTIVE: contextvars.ContextVar[CaptureRequest | None] = contextvars.ContextVar("medbench_capture", default=None)
+
+
+def _repeat_kv(states: torch.Tensor, n_rep: int) -> torch.Tensor:
+    if n_rep == 1:
+        return states
+    b, h, s, d = states.shape
+    return states[:, :, None].expand(b, h, n_rep, s, d).reshape(b, h * n_rep, s, d)
+
+
+def medbench_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """SDPA output plus, when a capture is active, the requested rows of softmax(QKᵀ)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    output, _ = sdpa_attention_forward(
+        module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+    )
+    request = _ACTIVE.get()
+    if request is not None and request.wants(module.layer_idx):
+        request.captured[module.layer_idx] = image_attention_rows(
+            module, query, key, attention_mask, scaling, request
+        )
+    return output, None
+
+
+def image_attention_rows(module, query, key, attention_mask, scaling, request: CaptureRequest) -> torch.Tensor:
+    """Attention probabilities [B, H or 1, Q, N] of the requested query rows on image keys."""
+    groups = getattr(module, "num_key_value_groups", 1)
+    q_len = query.shape[2]
+    offset = key.shape[2] - q_len
+    rows = (request.query_positions - offset).clamp(0, q_len - 1)
+    b, h, _, d = query.shape
+    q = torch.gather(query, 2, rows[:, None, :, None].expand(b, h, rows.shape[1], d))
+    k = _repeat_kv(key, groups)
+    scale = scaling if scaling is not None else d**-0.5
+    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
+    if attention_mask is not None:
+        mask = attention_mask[:, :, :, : k.shape[2]].float()
+        mask_rows = torch.gather(mask.expand(b, 1, q_len, mask.shape[-1]), 2,
+                                 rows[:, None, :, None].expand(b, 1, rows.shape[1], mask.shape[-1]))
+        scores = scores + mask_rows
+    probs = torch.softmax(scores, dim=-1)
+    cols = request.key_positions[:, None, None, :].expand(b, h, rows.shape[1], request.key_positions.shape[1])
+    image = torch.gather(probs, 3, cols)
+    return image if request.per_head else image.sum(dim=1, keepdim=True)
+
+
+def register() -> None:
+    """Register the attention function and its mask builder (idempotent)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+    AttentionInterface.register(ATTENTION_NAME, medbench_attention)
+    AttentionMaskInterface.register(ATTENTION_NAME, eager_mask)
+
+
+def install(model) -> None:
+    """Make the text model of ``model`` use the medbench attention function."""
+    register()
+    model.set_attn_implementation({"text_config": ATTENTION_NAME})
+
+
+@contextlib.contextmanager
+def capture(request: CaptureRequest) -> Iterator[CaptureRequest]:
+    token = _ACTIVE.set(request)
+    try:
+        yield request
+    finally:
+        _ACTIVE.reset(token)
