@@ -139,30 +139,18 @@ class Backbone:
         return input_ids == self.image_token_id
 
     # ---- geometry ---------------------------------------------------------------------------
-    def roi_in_input_frame(self, roi: RoI, image_size: tuple[int, int]) -> np.ndarray:
-        """The RoI as a boolean mask in the model-input frame (after resize + centre crop).
-
-        Applies the backbone's own preprocessing geometry to the pixel mask with nearest
-        resampling, so RoIs line up with visual tokens exactly as the image does.
-        """
-        width, height = image_size
-        mask = Image.fromarray(roi.to_mask(width, height).astype(np.uint8) * 255)
-        return np.asarray(self.geometry_transform(mask, resample=Image.NEAREST)) > 127
-
-    def geometry_transform(self, image: Image.Image, resample: int = Image.BICUBIC) -> Image.Image:
-        """Resize the shortest edge, then centre crop, as LlavaImageProcessor does."""
+    def geometry(self) -> dict[str, Any]:
+        """The preprocessing geometry record (see :mod:`medbench.geometry`)."""
         proc = self.processor.image_processor
-        short = int(proc.size.get("shortest_edge", min(self.input_size)))
-        w, h = image.size
-        if w <= h:
-            new_w, new_h = short, int(short * h / w)
-        else:
-            new_w, new_h = int(short * w / h), short
-        image = image.resize((new_w, new_h), resample=resample)
-        crop_h, crop_w = self.input_size
-        left = int(round((new_w - crop_w) / 2.0))
-        top = int(round((new_h - crop_h) / 2.0))
-        return image.crop((left, top, left + crop_w, top + crop_h))
+        return {"mode": "resize_shortest+center_crop",
+                "shortest_edge": int(proc.size.get("shortest_edge", min(self.input_size))),
+                "crop": list(self.input_size), "grid_size": self.grid_size}
+
+    def roi_in_input_frame(self, roi: RoI, image_size: tuple[int, int]) -> np.ndarray:
+        """The RoI as a boolean mask in the model-input frame, through this backbone's geometry."""
+        from medbench.geometry import roi_in_frame
+
+        return roi_in_frame(roi, image_size, self.geometry())
 
     def roi_to_grid(self, roi: RoI, image_size: tuple[int, int]) -> np.ndarray:
         """Fraction of each visual-token cell covered by the RoI (G×G, row-major like the tokens)."""

@@ -160,7 +160,9 @@ class AttentionMetrics(Metric):
             arr = np.asarray(grid, dtype=np.float64)
             roi = np.asarray(mask) != 0
             if arr.ndim != 2 or roi.ndim != 2:
-                raise ValueError(f"row {row['id']!r}: grid and mask must be 2-D, got {arr.shape}, {roi.shape}")
+                raise ValueError(
+                    f"row {row['id']!r}: grid and mask must be 2-D, got {arr.shape}, {roi.shape}"
+                )
             if not np.all(np.isfinite(arr)):
                 counts["nonfinite_attention"] += 1
                 continue

@@ -23,6 +23,7 @@ __all__ = [
     "bootstrap_corpus",
     "bootstrap_mean",
     "bootstrap_paired_diff",
+    "interval_from_stats",
     "mean_and_ci",
     "percentile_interval",
     "resample_indices",
@@ -70,7 +71,10 @@ def percentile_interval(stats: Sequence[float] | np.ndarray, level: float = 0.95
     return float(low), float(high)
 
 
-def _ci(stats: np.ndarray, level: float, n_resamples: int, seed: int, **extra: Any) -> dict[str, Any]:
+def interval_from_stats(
+    stats: Sequence[float] | np.ndarray, level: float, n_resamples: int, seed: int, **extra: Any
+) -> dict[str, Any]:
+    """The recorded CI dict ``{low, high, level, method, n_resamples, seed, **extra}``."""
     low, high = percentile_interval(stats, level)
     return {
         "low": low,
@@ -110,7 +114,7 @@ def bootstrap_mean(
     for b, idx in enumerate(resample_indices(arr.size, n_resamples, seed, groups)):
         stats[b] = arr[idx].mean()
     extra = {"unit": "group"} if groups is not None else {}
-    return _ci(stats, level, n_resamples, seed, **extra)
+    return interval_from_stats(stats, level, n_resamples, seed, **extra)
 
 
 def mean_and_ci(
@@ -146,7 +150,7 @@ def bootstrap_corpus(
             raise ValueError(f"corpus statistic is not finite on resample {b}: {value}")
         stats[b] = value
     extra = {"unit": "group"} if groups is not None else {}
-    return _ci(stats, level, n_resamples, seed, **extra)
+    return interval_from_stats(stats, level, n_resamples, seed, **extra)
 
 
 def bootstrap_paired_diff(
@@ -162,9 +166,7 @@ def bootstrap_paired_diff(
     The ids of ``a`` and ``b`` must be the same set; otherwise ``ValueError``.
     """
     if set(a) != set(b):
-        raise ValueError(
-            f"paired bootstrap needs the same ids on both sides ({len(set(a) ^ set(b))} differ)"
-        )
+        raise ValueError(f"paired bootstrap needs the same ids on both sides ({len(set(a) ^ set(b))} differ)")
     ids = sorted(a)
     diff = np.asarray([a[i] - b[i] for i in ids], dtype=np.float64)
     return mean_and_ci(diff, n_resamples=n_resamples, seed=seed, level=level)

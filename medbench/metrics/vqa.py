@@ -32,7 +32,7 @@ __all__ = [
 
 PROTOCOLS = ("llava_med", "llava_med_batch", "exact")
 
-PUNCT = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!")
+PUNCT = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!")  # fmt: skip
 _COMMA_STRIP = re.compile(r"(\d)(,)(\d)")
 # The reference's pattern: the leading "(?!<=\d)" is a lookahead that never fails before a "."
 _PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")

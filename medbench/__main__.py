@@ -1,0 +1,7 @@
+"""``python -m medbench``."""
+
+import sys
+
+from medbench.cli import main
+
+sys.exit(main())

@@ -1,0 +1,100 @@
+"""Performance benchmarks (``medbench bench``): measured side by side in one process.
+
+Benchmarks measure speed; tests never assert wall-clock time.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def bench_decode(model: str = "tiny-med-llava", task: str = "phantom-vqa", methods: tuple[str, ...] = ("greedy",),
+                 batch_sizes: tuple[int, ...] = (1, 16), n_samples: int = 32, max_new_tokens: int = 16,
+                 device: str = "auto", repeats: int = 1) -> dict[str, Any]:
+    """Samples/s and ms per generated token for each (method, batch size)."""
+    import torch
+
+    from medbench.hashing import sample_seed
+    from medbench.models import load_backbone, resolve_device
+    from medbench.registry import METHODS, TASKS
+
+    device = resolve_device(device)
+    backbone = load_backbone(model, device=device)
+    t = TASKS.get(task)()
+    samples = sorted(t.load(t.eval_split), key=lambda s: s.id)[:n_samples]
+    images = [backbone.load_image(s.image_path) for s in samples]
+    rows = []
+    for name in methods:
+        method = METHODS.get(name)()
+        for bs in batch_sizes:
+            warm = backbone.encode_prompts(samples[:bs], images[:bs])
+            method.generate(backbone, warm, [0] * len(samples[:bs]), 2)
+            best = None
+            tokens = 0
+            for _ in range(repeats):
+                _sync(device)
+                start = time.perf_counter()
+                tokens = 0
+                for i in range(0, len(samples), bs):
+                    batch = backbone.encode_prompts(samples[i:i + bs], images[i:i + bs])
+                    seeds = [sample_seed(0, task, s.id) for s in samples[i:i + bs]]
+                    with torch.inference_mode():
+                        gen = method.generate(backbone, batch, seeds, max_new_tokens)
+                    tokens += sum(len(x) + 1 for x in gen.tokens)
+                _sync(device)
+                elapsed = time.perf_counter() - start
+                best = elapsed if best is None else min(best, elapsed)
+            rows.append({"method": name, "batch_size": bs, "samples": len(samples), "seconds": round(best, 3),
+                         "samples_per_s": round(len(samples) / best, 3),
+                         "ms_per_token": round(1000 * best / max(tokens, 1), 3)})
+    base = {r["batch_size"]: r["samples_per_s"] for r in rows if r["method"] == methods[0]}
+    for r in rows:
+        r["speedup_vs_bs1"] = round(r["samples_per_s"] / base[min(base)], 3) if base else None
+    return {"device": device, "model": model, "task": task, "torch_threads": torch.get_num_threads(),
+            "max_new_tokens": max_new_tokens, "rows": rows}
+
+
+def bench_train(model: str = "tiny-med-llava", task: str = "phantom-vqa", batch_size: int = 8, steps: int = 10,
+                device: str = "auto") -> dict[str, Any]:
+    """LoRA training step time (median) on the task's train split."""
+    import statistics
+
+    import torch
+    from peft import get_peft_model
+
+    from medbench.methods.lora import LoRA
+    from medbench.models import load_backbone, resolve_device
+    from medbench.registry import TASKS
+    from medbench.training import answer_loss, training_batch
+
+    device = resolve_device(device)
+    backbone = load_backbone(model, device=device)
+    t = TASKS.get(task)()
+    samples = t.load(t.train_split)[: batch_size * (steps + 2)]
+    model_obj = get_peft_model(backbone.model, LoRA().peft_config())
+    opt = torch.optim.AdamW([p for p in model_obj.parameters() if p.requires_grad], lr=1e-4)
+    times = []
+    for i in range(steps + 2):
+        chunk = samples[i * batch_size:(i + 1) * batch_size]
+        batch = training_batch(backbone, chunk, [backbone.load_image(s.image_path) for s in chunk]).to(device)
+        _sync(device)
+        start = time.perf_counter()
+        out = model_obj(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                        pixel_values=batch.pixel_values, position_ids=batch.position_ids)
+        loss = answer_loss(out.logits, batch.labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        _sync(device)
+        if i >= 2:
+            times.append(time.perf_counter() - start)
+    return {"device": device, "model": model, "method": "lora", "batch_size": batch_size,
+            "median_step_s": round(statistics.median(times), 4), "steps": steps}

@@ -1,0 +1,77 @@
+"""The ``medbench`` command line: one small module per subcommand in ``medbench.cli_commands``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+SUBCOMMANDS = {
+    "list": "medbench.cli_commands.list_cmd",
+    "run": "medbench.cli_commands.run_cmd",
+    "train": "medbench.cli_commands.train_cmd",
+    "score": "medbench.cli_commands.score_cmd",
+    "table": "medbench.cli_commands.table_cmd",
+    "compare": "medbench.cli_commands.compare_cmd",
+    "pretrain": "medbench.cli_commands.pretrain_cmd",
+    "bench": "medbench.cli_commands.bench_cmd",
+}
+
+EPILOG = """examples:
+  medbench list methods
+  medbench run --method greedy --task phantom-vqa --limit 50
+  medbench run --method lora --task phantom-vqa
+  medbench run --method beam --tuning lora --task phantom-vqa
+  medbench table --results results/runs
+  medbench score results/runs/tiny-med-llava/phantom-vqa/none+greedy
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medbench",
+        description="Benchmark harness for medical vision-language models: hallucination-mitigation "
+        "decoding methods and A3TUNE on medical VQA and report generation.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module in SUBCOMMANDS.items():
+        importlib.import_module(module).add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from medbench.registry import UnknownNameError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "urllib3", "transformers", "peft"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    try:
+        return int(args.func(args) or 0)
+    except UnknownNameError as exc:
+        print(f"medbench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("medbench: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # user-facing errors carry their own clear message
+        from medbench.errors import USER_ERRORS, exit_code
+
+        if isinstance(exc, USER_ERRORS):
+            print(f"medbench: error: {exc}", file=sys.stderr)
+            return exit_code(exc)
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

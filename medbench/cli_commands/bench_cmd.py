@@ -1,0 +1,48 @@
+"""``medbench bench {decode,train}``: performance benchmarks (never run by tests)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench", help="measure decoding throughput or training step time",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  medbench bench decode --batch-sizes 1 16\n  medbench bench decode --methods greedy beam --json\n"
+        "  medbench bench train --batch-size 8",
+    )
+    p.add_argument("what", choices=["decode", "train"])
+    p.add_argument("--model", default="tiny-med-llava")
+    p.add_argument("--task", default="phantom-vqa")
+    p.add_argument("--methods", nargs="+", default=["greedy"])
+    p.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 16])
+    p.add_argument("--batch-size", type=int, default=8, help="training batch size (train)")
+    p.add_argument("--samples", type=int, default=32)
+    p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    import json
+
+    from tabulate import tabulate
+
+    from medbench.bench import bench_decode, bench_train
+
+    if args.what == "decode":
+        out = bench_decode(args.model, args.task, tuple(args.methods), tuple(args.batch_sizes), args.samples,
+                           args.max_new_tokens, args.device, args.repeats)
+        rows = out["rows"]
+    else:
+        out = bench_train(args.model, args.task, args.batch_size, device=args.device)
+        rows = [out]
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        print(f"device {out['device']} · model {out['model']}")
+        print(tabulate(rows, headers="keys", tablefmt="github"))
+    return 0

@@ -1,0 +1,90 @@
+"""Shared flag groups for ``run`` and ``train``, and ``--config`` merging (flags win)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from medbench.errors import ConfigError
+from medbench.method import parse_method_args
+
+RUN_FLAGS = ("method", "task", "model", "tuning", "decoding", "limit", "batch_size", "seed", "output_dir",
+             "checkpoint_dir", "data_root", "device", "max_new_tokens")
+
+
+def add_run_flags(p: argparse.ArgumentParser, *, require_method: bool = True) -> None:
+    g = p.add_argument_group("what to run")
+    g.add_argument("--method", help="decoding (greedy, beam, nucleus, …) or tuning (lora, a3tune) method")
+    g.add_argument("--task", help="task name, e.g. phantom-vqa (see `medbench list tasks`)")
+    g.add_argument("--model", help="backbone name or local checkpoint directory (default tiny-med-llava)")
+    g.add_argument("--tuning", help="tuning to compose with a decoding method: none|lora|a3tune")
+    g.add_argument("--decoding", help="decoding method after a tuning method (default greedy)")
+    g.add_argument("--method-args", nargs="*", metavar="K=V", help="method hyperparameters, e.g. top_p=0.8; "
+                   "prefix tuning./decoding. when a name fits both")
+    g.add_argument("--config", metavar="FILE.yaml", help="YAML file of these options; flags override it")
+    h = p.add_argument_group("how to run")
+    h.add_argument("--limit", type=int, help="first N samples only (for quick checks; marked in tables)")
+    h.add_argument("--batch-size", type=int, help="samples per forward pass (default 8)")
+    h.add_argument("--seed", type=int, help="global seed (default 0); per-sample seeds derive from it")
+    h.add_argument("--output-dir", help="where runs are written (default results/runs)")
+    h.add_argument("--checkpoint-dir", help="where tuning adapters are cached (default results/checkpoints)")
+    h.add_argument("--data-root", help="dataset directory (default $MEDBENCH_DATA/<task>)")
+    h.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto")
+    h.add_argument("--max-new-tokens", type=int, help="default 16 for VQA, 80 for reports")
+
+
+def merged_config(args: argparse.Namespace) -> dict[str, Any]:
+    """YAML config values overridden by the flags that were given."""
+    data: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        import yaml
+
+        path = Path(args.config)
+        if not path.exists():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of option: value")
+        data = {str(k).replace("-", "_"): v for k, v in loaded.items()}
+        if "method_args" in data:
+            ma = data["method_args"]
+            if isinstance(ma, dict):
+                data["method_args"] = {str(k): v for k, v in ma.items()}
+            elif isinstance(ma, list):
+                data["method_args"] = parse_method_args([str(x) for x in ma])
+            else:
+                raise ConfigError(f"{path}: method_args must be a mapping or a list of key=value")
+    for key in RUN_FLAGS:
+        value = getattr(args, key, None)
+        if value is not None:
+            data[key] = value
+    if getattr(args, "method_args", None):
+        data["method_args"] = {**data.get("method_args", {}), **parse_method_args(args.method_args)}
+    if getattr(args, "quiet", False):
+        data["progress"] = False
+    for required in ("method", "task"):
+        if not data.get(required):
+            raise ConfigError(f"--{required} is required (on the command line or in --config)")
+    return data
+
+
+def build_run_config(args: argparse.Namespace) -> Any:
+    from medbench.runner import RunConfig, parse_config_dict
+
+    data = merged_config(args)
+    try:
+        return parse_config_dict(data)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def formatter() -> type:
+    return argparse.RawDescriptionHelpFormatter
+
+
+__all__ = ["add_run_flags", "build_run_config", "RunConfigType"]
+RunConfigType = Any

@@ -1,0 +1,37 @@
+"""``medbench train``: train a tuning method's adapter alone (cached by fingerprint)."""
+
+from __future__ import annotations
+
+import argparse
+
+from medbench.cli_commands.common import add_run_flags, build_run_config, formatter
+
+EPILOG = """examples:
+  medbench train --method lora --task phantom-vqa
+  medbench train --method lora --task phantom-report --method-args epochs=2 lr=1e-4
+"""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a tuning method (lora, a3tune) on a task's train split",
+                       epilog=EPILOG, formatter_class=formatter())
+    add_run_flags(p)
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from medbench.errors import ConfigError
+    from medbench.models import load_backbone, resolve_device
+    from medbench.registry import METHODS, TASKS
+    from medbench.runner import prepare_tuning, resolve_methods
+
+    cfg = build_run_config(args)
+    if METHODS.entry(cfg.method).info["kind"] != "tuning":
+        raise ConfigError(f"--method {cfg.method} is a decoding method; train takes lora or a3tune")
+    res = resolve_methods(cfg)
+    task = TASKS.get(cfg.task)(data_root=cfg.data_root)
+    device = resolve_device(cfg.device)
+    backbone = load_backbone(cfg.model, device=device)
+    _, info = prepare_tuning(cfg, res, backbone, task, device)
+    print(f"{res.tuning} checkpoint: {info['checkpoint']}")
+    return 0

@@ -1,0 +1,309 @@
+"""A run: (task, backbone, tuning, decoding, method args, seed) → predictions + results.
+
+The runner trains (or reuses) the tuning adapter, decodes the evaluation split in batches,
+appends predictions durably (the resume state), captures answer attention for samples with an
+RoI, then scores and writes ``results.json`` atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medbench.hashing import sample_seed, sha256_obj
+from medbench.errors import RunFailed
+from medbench.method import MethodArgsError, parse_params
+from medbench.registry import METHODS, TASKS
+from medbench.types import Prediction, Sample
+
+log = logging.getLogger("medbench")
+
+DEFAULT_MAX_NEW_TOKENS = {"vqa": 16, "report": 80}
+ATTENTION_PROTOCOL = "attn-v1:rows=answer,heads=all,layers=all,norm=minmax,upsample=bilinear,tau=0.15"
+
+
+@dataclass
+class RunConfig:
+    """Everything a run depends on; built from the CLI, a YAML file, or code."""
+
+    method: str
+    task: str
+    model: str = "tiny-med-llava"
+    tuning: str | None = None
+    decoding: str | None = None
+    method_args: dict[str, Any] = field(default_factory=dict)
+    limit: int | None = None
+    batch_size: int = 8
+    seed: int = 0
+    output_dir: str = "results/runs"
+    checkpoint_dir: str = "results/checkpoints"
+    data_root: str | None = None
+    device: str = "auto"
+    max_new_tokens: int | None = None
+    attention: bool = True
+    allow_failures: bool = False
+    progress: bool = True
+
+
+@dataclass
+class Resolved:
+    tuning: str
+    decoding: str
+    decoding_args: dict[str, Any]
+    tuning_args: dict[str, Any]
+
+
+def resolve_methods(cfg: RunConfig) -> Resolved:
+    """Split ``--method`` into (tuning, decoding) and route ``--method-args`` to each."""
+    kind = METHODS.entry(cfg.method).info["kind"]
+    if kind == "tuning":
+        if cfg.tuning not in (None, "none", cfg.method):
+            raise MethodArgsError(f"--method {cfg.method} is a tuning method; it conflicts with --tuning {cfg.tuning}")
+        tuning, decoding = cfg.method, cfg.decoding or "greedy"
+    else:
+        if cfg.decoding not in (None, cfg.method):
+            raise MethodArgsError(f"--method {cfg.method} conflicts with --decoding {cfg.decoding}")
+        tuning, decoding = cfg.tuning or "none", cfg.method
+    if tuning != "none":
+        METHODS.entry(tuning)
+        if METHODS.entry(tuning).info["kind"] != "tuning":
+            raise MethodArgsError(f"--tuning {tuning} is not a tuning method")
+    if METHODS.entry(decoding).info["kind"] != "decoding":
+        raise MethodArgsError(f"--decoding {decoding} is not a decoding method")
+    dec_fields = {f.name for f in dataclasses.fields(METHODS.get(decoding).Params)}
+    tun_fields = {f.name for f in dataclasses.fields(METHODS.get(tuning).Params)} if tuning != "none" else set()
+    dec_args: dict[str, Any] = {}
+    tun_args: dict[str, Any] = {}
+    for key, value in cfg.method_args.items():
+        prefix, dot, rest = key.partition(".")
+        if dot and prefix in ("tuning", tuning):
+            tun_args[rest] = value
+        elif dot and prefix in ("decoding", decoding):
+            dec_args[rest] = value
+        elif key in dec_fields and key in tun_fields:
+            raise MethodArgsError(f"method argument {key!r} fits both {decoding} and {tuning}; "
+                                  f"write decoding.{key}= or tuning.{key}=")
+        elif key in tun_fields:
+            tun_args[key] = value
+        else:
+            dec_args[key] = value
+    return Resolved(tuning, decoding, dec_args, tun_args)
+
+
+def run_dir_for(cfg: RunConfig, res: Resolved) -> Path:
+    model_name = Path(cfg.model).name if Path(cfg.model).is_dir() else cfg.model
+    suffix = ""
+    if res.decoding_args or res.tuning_args:
+        suffix = "-" + sha256_obj({"d": res.decoding_args, "t": res.tuning_args})[:8]
+    return Path(cfg.output_dir) / model_name / cfg.task / f"{res.tuning}+{res.decoding}{suffix}"
+
+
+def select_samples(task: Any, limit: int | None) -> list[Sample]:
+    samples = sorted(task.load(task.eval_split), key=lambda s: s.id)
+    ids = [s.id for s in samples]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"task {task.name} has duplicate sample ids")
+    return samples[:limit] if limit else samples
+
+
+def versions() -> dict[str, str]:
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("medbench", "torch", "transformers", "peft", "tokenizers", "pycocoevalcap"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "absent"
+    return out
+
+
+def git_info() -> dict[str, Any]:
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=5, check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "-C", str(root), "status", "--porcelain"], capture_output=True,
+                                    text=True, timeout=5).stdout.strip())
+        return {"commit": commit, "dirty": dirty}
+    except Exception:
+        return {"commit": None, "dirty": None}
+
+
+def prepare_tuning(cfg: RunConfig, res: Resolved, backbone: Any, task: Any, device: str) -> tuple[Any, dict]:
+    """Train (or reuse by fingerprint) the tuning adapter and attach it."""
+    if res.tuning == "none":
+        return backbone, {}
+    method = METHODS.get(res.tuning)(**res.tuning_args)
+    fp = method.fingerprint(backbone, task, cfg.seed)
+    model_name = Path(cfg.model).name if Path(cfg.model).is_dir() else cfg.model
+    ckpt = Path(cfg.checkpoint_dir) / model_name / task.name / f"{res.tuning}-{fp[:16]}"
+    marker = ckpt / "COMPLETE"
+    if marker.exists() and marker.read_text().strip() == fp:
+        log.info("reusing %s checkpoint %s", res.tuning, ckpt)
+    else:
+        log.info("training %s on %s (%s)", res.tuning, task.name, ckpt)
+        method.train(backbone, task, ckpt, cfg.seed, device)
+        marker.write_text(fp)
+    return method.apply(backbone, ckpt), {"checkpoint": str(ckpt), "fingerprint": fp,
+                                          "params": method.resolved_args()}
+
+
+def run(cfg: RunConfig) -> dict[str, Any]:
+    """Execute a run end to end and return the results dict (also written to results.json)."""
+    from medbench.models import load_backbone, resolve_device
+    from medbench.scoring import score_run
+
+    started = time.time()
+    res = resolve_methods(cfg)
+    task = TASKS.get(cfg.task)(data_root=cfg.data_root)
+    decoder = METHODS.get(res.decoding)(**res.decoding_args)
+    samples = select_samples(task, cfg.limit)
+    device = resolve_device(cfg.device)
+    backbone = load_backbone(cfg.model, device=device)
+    t_train = time.time()
+    backbone, tuning_info = prepare_tuning(cfg, res, backbone, task, device)
+    train_seconds = time.time() - t_train
+    max_new = cfg.max_new_tokens or getattr(task, "max_new_tokens", None) or DEFAULT_MAX_NEW_TOKENS[task.kind]
+    fingerprint = sha256_obj({
+        "task": task.name, "task_version": task.version, "split": task.eval_split,
+        "samples": sha256_obj([(s.id, s.question, s.answer, s.answer_type.value) for s in samples]),
+        "template": backbone.template.prompt, "protocol": task.metric_protocol,
+        "decoding": res.decoding, "decoding_args": decoder.resolved_args(),
+        "tuning": res.tuning, "tuning_fingerprint": tuning_info.get("fingerprint"),
+        "backbone": backbone.checkpoint_id, "image_backend": "torchvision", "seed": cfg.seed,
+        "max_new_tokens": max_new, "attention": ATTENTION_PROTOCOL if cfg.attention else None,
+    })
+    out_dir = run_dir_for(cfg, res)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    from medbench.atomic import atomic_write_json
+    from medbench.predictions import PredictionsWriter
+
+    writer = PredictionsWriter(out_dir / "predictions.jsonl", fingerprint,
+                               {"task": task.name, "model": cfg.model, "decoding": res.decoding, "tuning": res.tuning})
+    atomic_write_json(out_dir / "run.json", {
+        "fingerprint": fingerprint, "config": dataclasses.asdict(cfg), "tuning": res.tuning,
+        "decoding": res.decoding, "method_args": {"decoding": decoder.resolved_args(), "tuning": tuning_info.get("params", {})},
+        "tuning_checkpoint": tuning_info.get("checkpoint"), "planned": len(samples),
+        "geometry": geometry_record(backbone), "max_new_tokens": max_new,
+        "attention_protocol": ATTENTION_PROTOCOL if cfg.attention else None,
+        "task_version": task.version, "metric_protocol": task.metric_protocol,
+    })
+    pending = [s for s in samples if s.id not in writer.done]
+    t_decode = time.time()
+    decode_samples(cfg, task, backbone, decoder, pending, writer, max_new)
+    decode_seconds = time.time() - t_decode
+    timing = {"started_at": _dt.datetime.fromtimestamp(started, _dt.timezone.utc).isoformat(),
+              "train_seconds": round(train_seconds, 3), "decode_seconds": round(decode_seconds, 3),
+              "decoded_samples": len(pending),
+              "samples_per_second": round(len(pending) / decode_seconds, 4) if pending and decode_seconds > 0 else None}
+    results = score_run(out_dir, samples=samples, task=task, extra={
+        "limit": cfg.limit, "seed": cfg.seed, "timing": timing, "skipped": [dataclasses.asdict(s) for s in task.skipped],
+    })
+    failed = results["counts"].get("failed", 0)
+    if failed and not cfg.allow_failures:
+        raise RunFailed(f"{failed} sample(s) failed; see error rows in {out_dir / 'predictions.jsonl'} "
+                        "(rerun to retry them, or pass --allow-failures)")
+    return results
+
+
+def geometry_record(backbone: Any) -> dict[str, Any]:
+    return backbone.geometry()
+
+
+def decode_samples(cfg: RunConfig, task: Any, backbone: Any, decoder: Any, pending: list[Sample],
+                   writer: Any, max_new: int) -> None:
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(pending), desc=f"{decoder.name} {task.name}", unit="sample", disable=not cfg.progress)
+    for start in range(0, len(pending), cfg.batch_size):
+        chunk = pending[start : start + cfg.batch_size]
+        rows = decode_batch(cfg, task, backbone, decoder, chunk, max_new)
+        writer.append(rows)
+        bar.update(len(chunk))
+    bar.close()
+
+
+def decode_batch(cfg: RunConfig, task: Any, backbone: Any, decoder: Any, chunk: list[Sample],
+                 max_new: int) -> list[Prediction]:
+    """Decode one batch; a failing batch is retried sample by sample so errors stay per sample."""
+    images, ok, failed = [], [], []
+    for s in chunk:
+        try:
+            images.append(backbone.load_image(s.image_path))
+            ok.append(s)
+        except Exception as exc:  # unreadable image: an error row, never a silent drop
+            failed.append(_error_row(cfg, task, s, f"image: {type(exc).__name__}: {exc}"))
+    rows: dict[str, Prediction] = {p.id: p for p in failed}
+    if ok:
+        try:
+            for p in _decode_ok(cfg, task, backbone, decoder, ok, images, max_new):
+                rows[p.id] = p
+        except Exception as exc:
+            if len(ok) == 1:
+                log.exception("sample %s failed", ok[0].id)
+                rows[ok[0].id] = _error_row(cfg, task, ok[0], f"{type(exc).__name__}: {exc}")
+            else:
+                for s, im in zip(ok, images):
+                    try:
+                        rows[s.id] = _decode_ok(cfg, task, backbone, decoder, [s], [im], max_new)[0]
+                    except Exception as inner:
+                        log.exception("sample %s failed", s.id)
+                        rows[s.id] = _error_row(cfg, task, s, f"{type(inner).__name__}: {inner}")
+    return [rows[s.id] for s in chunk]
+
+
+def _error_row(cfg: RunConfig, task: Any, s: Sample, message: str) -> Prediction:
+    return Prediction(id=s.id, prompt_hash="", prediction="", answer=s.answer, answer_type=s.answer_type.value,
+                      seed=sample_seed(cfg.seed, task.name, s.id), error=message)
+
+
+def _decode_ok(cfg: RunConfig, task: Any, backbone: Any, decoder: Any, samples: list[Sample], images: list[Any],
+               max_new: int) -> list[Prediction]:
+    from medbench.engine import answer_attention
+
+    batch = backbone.encode_prompts(samples, images)
+    seeds = [sample_seed(cfg.seed, task.name, s.id) for s in samples]
+    gen = decoder.generate(backbone, batch, seeds, max_new)
+    texts = [backbone.tokenizer.decode(t, skip_special_tokens=True).strip() for t in gen.tokens]
+    maps: list[Any] = [None] * len(samples)
+    if cfg.attention and any(s.roi is not None for s in samples):
+        maps = answer_attention(backbone, batch, gen.tokens)
+    out = []
+    for i, s in enumerate(samples):
+        attn = None
+        if maps[i] is not None and s.roi is not None:
+            grid = maps[i]
+            attn = {"grid_size": int(grid.shape[0]), "grid": [float(f"{v:.6g}") for v in grid.reshape(-1)],
+                    "image_size": list(images[i].size)}
+        out.append(Prediction(
+            id=s.id, prompt_hash=batch.prompt_hashes[i], prediction=texts[i], answer=s.answer,
+            answer_type=s.answer_type.value, seed=seeds[i], num_tokens=len(gen.tokens[i]), attention=attn,
+            guards=gen.guards[i] if gen.guards else 0,
+        ))
+    return out
+
+
+def load_run_config(path: str | Path) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())
+
+
+def parse_config_dict(data: dict[str, Any]) -> RunConfig:
+    """A RunConfig from a YAML/JSON mapping; unknown keys are errors."""
+    known = {f.name for f in dataclasses.fields(RunConfig)}
+    unknown = sorted(set(data) - known - {"method-args"})
+    if unknown:
+        raise ValueError(f"unknown config key(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+    return RunConfig(**data)
+
+
+__all__ = ["RunConfig", "run", "resolve_methods", "parse_params"]

@@ -1,0 +1,164 @@
+"""Scoring a run directory from its predictions (no model needed): ``results.json``.
+
+Predictions are joined to the task's samples by id. VQA tasks get the ``llava_med`` protocol
+plus Coverage/Intensity for samples with an RoI and a captured attention map; report tasks get
+the ``coco`` lexical metrics. Every metric carries a percentile-bootstrap 95 % CI.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medbench.atomic import atomic_write_json
+from medbench.errors import IncompleteRun
+from medbench.predictions import read_rows
+from medbench.schema import SCHEMA_VERSION
+from medbench.types import Sample
+
+log = logging.getLogger("medbench")
+
+
+def latest_rows(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """One row per id: the last successful row, else the last error row."""
+    out: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        prev = out.get(row["id"])
+        if prev is None or not row.get("error") or prev.get("error"):
+            out[row["id"]] = row
+    return out
+
+
+def _result_entries(results: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    metrics, cis, per_sample = {}, {}, {}
+    for name, res in results.items():
+        metrics[name] = res.value
+        cis[name] = res.ci
+        if res.per_sample is not None:
+            per_sample[name] = res.per_sample
+    return metrics, cis, per_sample
+
+
+def score_vqa(rows: list[dict[str, Any]], samples: dict[str, Sample], geometry: dict[str, Any],
+              seed: int) -> tuple[dict, dict, dict, dict]:
+    from medbench.geometry import roi_in_frame
+    from medbench.metrics.attention import AttentionMetrics
+    from medbench.metrics.vqa import VQAMetrics
+
+    vqa = VQAMetrics("llava_med", seed=seed).compute(rows)
+    metrics, cis, per_sample = _result_entries(vqa)
+    counts: dict[str, int] = {}
+    attn_rows = []
+    for row in rows:
+        sample = samples[row["id"]]
+        attn = row.get("attention")
+        if row.get("error") or sample.roi is None or not attn:
+            continue
+        g = int(attn["grid_size"])
+        grid = np.asarray(attn["grid"], dtype=np.float64).reshape(g, g)
+        mask = roi_in_frame(sample.roi, tuple(attn["image_size"]), geometry)
+        attn_rows.append({"id": row["id"], "attention_grid": grid, "roi_mask": mask})
+    counts["with_roi"] = sum(1 for r in rows if samples[r["id"]].roi is not None)
+    counts["with_attention"] = len(attn_rows)
+    if attn_rows:
+        attention = AttentionMetrics(seed=seed).compute(attn_rows)
+        m, c, p = _result_entries(attention)
+        metrics.update(m)
+        cis.update(c)
+        per_sample.update(p)
+        for res in attention.values():
+            for key, value in res.counts.items():
+                counts[f"attention_{key}"] = value
+    for res in vqa.values():
+        for key in ("open", "closed"):
+            if key in res.counts:
+                counts[key] = res.counts[key]
+    return metrics, cis, per_sample, counts
+
+
+def score_report(rows: list[dict[str, Any]], seed: int) -> tuple[dict, dict, dict, dict]:
+    from medbench.metrics import MetricUnavailable
+    from medbench.metrics.report import REPORT_KEYS, ReportMetrics
+
+    try:
+        results = ReportMetrics(seed=seed).compute(rows)
+    except MetricUnavailable as exc:
+        log.error("report metrics unavailable: %s", exc)
+        return {k: None for k in REPORT_KEYS}, {k: None for k in REPORT_KEYS}, {}, {"report_metrics_unavailable": 1}
+    metrics, cis, per_sample = _result_entries(results)
+    return metrics, cis, per_sample, {"report": len(rows)}
+
+
+def score_run(run_dir: str | Path, *, samples: list[Sample] | None = None, task: Any = None,
+              extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Score ``run_dir`` and write ``results.json`` (atomically) and ``per_sample.json``."""
+    from medbench.runner import select_samples, versions
+
+    run_dir = Path(run_dir)
+    run_info = json.loads((run_dir / "run.json").read_text())
+    config = run_info["config"]
+    if task is None:
+        from medbench.registry import TASKS
+
+        task = TASKS.get(config["task"])(data_root=config.get("data_root"))
+    if samples is None:
+        samples = select_samples(task, config.get("limit"))
+    header, raw_rows = read_rows(run_dir / "predictions.jsonl")
+    if header.get("fingerprint") != run_info["fingerprint"]:
+        raise IncompleteRun(f"{run_dir}: predictions and run.json disagree on the fingerprint")
+    by_id = latest_rows(raw_rows)
+    planned = {s.id: s for s in samples}
+    missing = [i for i in planned if i not in by_id]
+    if missing:
+        raise IncompleteRun(f"{run_dir}: {len(missing)} of {len(planned)} planned samples have no prediction "
+                            f"(e.g. {missing[:3]}); rerun `medbench run` with the same options to finish it")
+    rows = [by_id[i] for i in sorted(planned)]
+    failed = [r for r in rows if r.get("error")]
+    seed = int(config.get("seed", 0))
+    if task.kind == "report":
+        metrics, cis, per_sample, counts = score_report(rows, seed)
+    else:
+        metrics, cis, per_sample, counts = score_vqa(rows, planned, run_info["geometry"], seed)
+    extra = dict(extra or {})
+    previous = {}
+    if (run_dir / "results.json").exists():
+        previous = json.loads((run_dir / "results.json").read_text())
+    results: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "task": task.name,
+        "task_version": task.version,
+        "model": Path(config["model"]).name if Path(config["model"]).is_dir() else config["model"],
+        "tuning": run_info["tuning"],
+        "decoding": run_info["decoding"],
+        "method_args": run_info["method_args"],
+        "metric_protocol": task.metric_protocol,
+        "attention_protocol": run_info.get("attention_protocol") if task.kind == "vqa" else None,
+        "metrics": metrics,
+        "confidence_intervals": cis,
+        "counts": {
+            "planned": len(planned), "scored": len(rows) - len(failed), "failed": len(failed),
+            "not_in_selection": len(set(by_id) - set(planned)),
+            "guard_steps": int(sum(int(r.get("guards") or 0) for r in rows)),
+            "guarded_samples": sum(1 for r in rows if r.get("guards")),
+            "skipped_records": len(extra.get("skipped", previous.get("skipped", []))),
+            **counts,
+        },
+        "skipped": extra.get("skipped", previous.get("skipped", [])),
+        "limit": config.get("limit"),
+        "fingerprint": run_info["fingerprint"],
+        "seed": seed,
+        "versions": versions(),
+        "git": __import__("medbench.runner", fromlist=["git_info"]).git_info(),
+        "timing": extra.get("timing", previous.get("timing", {})),
+        "run_dir": str(run_dir),
+    }
+    import datetime as _dt
+
+    results["timing"] = {**results["timing"], "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat()}
+    atomic_write_json(run_dir / "per_sample.json", per_sample)
+    atomic_write_json(run_dir / "results.json", results)
+    return results

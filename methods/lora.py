@@ -1,0 +1,89 @@
+"""LoRA fine-tuning (Hu et al., 2021) of the language model — the paper's "+ LoRA" baseline.
+
+peft LoRA r=64, α=16, dropout 0.05 on every linear projection of the language model
+(q/k/v/o/gate/up/down; a regex keeps the CLIP tower's q/k/v out), learning rate 2e-4
+(paper Appendix C). The vision tower, projector, embeddings and head stay frozen. The
+adapter is cached by a training fingerprint and reused by later runs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from medbench.hashing import sha256_obj
+from medbench.method import MethodArgsError, TuningMethod
+
+TARGET_MODULES = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+@dataclass(frozen=True)
+class LoRAParams:
+    r: int = 64
+    alpha: int = 16
+    dropout: float = 0.05
+    lr: float = 2e-4
+    epochs: float | None = None
+    batch_size: int = 8
+    ce_reduction: str = "per_sample"
+    train_limit: int | None = None
+
+    def validate(self) -> None:
+        if self.r < 1:
+            raise MethodArgsError(f"r must be ≥ 1, got {self.r}")
+        if self.ce_reduction not in ("per_sample", "token"):
+            raise MethodArgsError("ce_reduction must be per_sample or token")
+
+
+class LoRA(TuningMethod):
+    name = "lora"
+    Params = LoRAParams
+
+    def epochs_for(self, task: Any) -> float:
+        return self.params.epochs if self.params.epochs is not None else float(getattr(task, "tuning_epochs", 3))
+
+    def fingerprint(self, backbone: Any, task: Any, seed: int) -> str:
+        return sha256_obj({
+            "method": self.name, "params": asdict(self.params), "epochs": self.epochs_for(task),
+            "backbone": backbone.checkpoint_id, "task": task.name, "task_version": task.version,
+            "split": task.train_split, "seed": seed, "template": backbone.template.prompt,
+        })
+
+    def peft_config(self) -> Any:
+        from peft import LoraConfig
+
+        return LoraConfig(r=self.params.r, lora_alpha=self.params.alpha, lora_dropout=self.params.dropout,
+                          target_modules=TARGET_MODULES, bias="none")
+
+    def train(self, backbone: Any, task: Any, out_dir: Path, seed: int, device: str) -> Path:
+        import torch
+        from peft import get_peft_model
+
+        from medbench.training import train_supervised
+
+        samples = task.load(task.train_split)
+        if self.params.train_limit:
+            samples = samples[: self.params.train_limit]
+        torch.manual_seed(seed)
+        model = get_peft_model(backbone.model, self.peft_config())
+        tuned = type(backbone)(model, backbone.processor, backbone.template, checkpoint_id=backbone.checkpoint_id)
+        losses = train_supervised(
+            tuned, samples, epochs=self.epochs_for(task), batch_size=self.params.batch_size,
+            lr=self.params.lr, seed=seed, desc=f"lora {task.name}", ce_reduction=self.params.ce_reduction,
+        )
+        out_dir.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(out_dir)
+        (out_dir / "training.json").write_text(json.dumps(
+            {"losses": losses, "n_samples": len(samples), "params": asdict(self.params)}, indent=1))
+        backbone.model = model.unload() if hasattr(model, "unload") else model.base_model.model
+        return out_dir
+
+    def apply(self, backbone: Any, checkpoint: Path) -> Any:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(backbone.model, str(checkpoint), is_trainable=False)
+        model.eval()
+        return type(backbone)(model, backbone.processor, backbone.template,
+                              checkpoint_id=f"{backbone.checkpoint_id}+lora:{checkpoint.name}")
