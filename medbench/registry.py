@@ -113,15 +113,34 @@ BACKBONES: Registry = Registry("model", _backbone_base)
 # ---- tasks -------------------------------------------------------------------------------------
 TASKS.add("phantom-vqa", "medbench.tasks.phantom:PhantomVQA", kind="vqa", embedded=True)
 TASKS.add("phantom-report", "medbench.tasks.phantom:PhantomReport", kind="report", embedded=True)
+TASKS.add("slake", "medbench.tasks.slake:SLAKE", kind="vqa", embedded=False)
+TASKS.add("vqa-rad", "medbench.tasks.vqa_rad:VQARAD", kind="vqa", embedded=False)
+TASKS.add("pathvqa", "medbench.tasks.pathvqa:PathVQA", kind="vqa", embedded=False)
+TASKS.add("iu-xray-vqa", "medbench.tasks.iu_xray:IUXrayVQA", kind="vqa", embedded=False)
+TASKS.add("omnimedvqa", "medbench.tasks.omnimedvqa:OmniMedVQA", kind="vqa", embedded=False)
+TASKS.add("iu-xray-report", "medbench.tasks.iu_xray:IUXrayReport", kind="report", embedded=False)
+TASKS.add("mimic-cxr-report", "medbench.tasks.mimic_cxr:MIMICCXRReport", kind="report", embedded=False)
 
 # ---- methods -----------------------------------------------------------------------------------
 METHODS.add("greedy", "medbench.methods.greedy:Greedy", kind="decoding")
 METHODS.add("beam", "medbench.methods.beam:Beam", kind="decoding")
 METHODS.add("nucleus", "medbench.methods.nucleus:Nucleus", kind="decoding")
+METHODS.add("vcd", "medbench.methods.vcd:VCD", kind="decoding")
+METHODS.add("dola", "medbench.methods.dola:DoLa", kind="decoding")
+METHODS.add("opera", "medbench.methods.opera:OPERA", kind="decoding")
+METHODS.add("avisc", "medbench.methods.avisc:AVISC", kind="decoding")
+METHODS.add("m3id", "medbench.methods.m3id:M3ID", kind="decoding")
+METHODS.add("damro", "medbench.methods.damro:DAMRO", kind="decoding")
+METHODS.add("pai", "medbench.methods.pai:PAI", kind="decoding")
+METHODS.add("controlmllm", "medbench.methods.controlmllm:ControlMLLM", kind="decoding")
 METHODS.add("lora", "medbench.methods.lora:LoRA", kind="tuning")
+METHODS.add("a3tune", "medbench.methods.a3tune:A3Tune", kind="tuning")
 
 # ---- backbones ---------------------------------------------------------------------------------
 BACKBONES.add("tiny-med-llava", "medbench.backbones.tiny:TinyMedLlava", kind="embedded", embedded=True)
+BACKBONES.add("llava-med-v1", "medbench.backbones.llava:LlavaMedV1", kind="real", embedded=False)
+BACKBONES.add("llava-med-v1.5", "medbench.backbones.llava:LlavaMedV15", kind="real", embedded=False)
+BACKBONES.add("huatuogpt-vision-7b", "medbench.backbones.llava:HuatuoGPTVision", kind="real", embedded=False)
 
 
 def load_plugins() -> None:
