@@ -16,18 +16,34 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def load_bench_backbone(model: str, device: str, shape: str | None = None, shape_scale: str = "full") -> Any:
+    """The named/local backbone, or with ``shape`` a random-weight model of that real architecture."""
+    if shape is None:
+        from medbench.models import load_backbone
+
+        return load_backbone(model, device=device)
+    from medbench import attention
+    from medbench.backbones.shapes import build_shape
+
+    backbone = build_shape(shape, shape_scale, device)
+    attention.install(backbone.model)
+    return backbone
+
+
 def bench_decode(model: str = "tiny-med-llava", task: str = "phantom-vqa", methods: tuple[str, ...] = ("greedy",),
                  batch_sizes: tuple[int, ...] = (1, 16), n_samples: int = 32, max_new_tokens: int = 16,
-                 device: str = "auto", repeats: int = 1) -> dict[str, Any]:
+                 device: str = "auto", repeats: int = 1, shape: str | None = None,
+                 shape_scale: str = "full") -> dict[str, Any]:
     """Samples/s and ms per generated token for each (method, batch size)."""
     import torch
 
     from medbench.hashing import sample_seed
-    from medbench.models import load_backbone, resolve_device
+    from medbench.models import resolve_device
     from medbench.registry import METHODS, TASKS
 
     device = resolve_device(device)
-    backbone = load_backbone(model, device=device)
+    backbone = load_bench_backbone(model, device, shape, shape_scale)
+    model = backbone.checkpoint_id if shape else model
     t = TASKS.get(task)()
     samples = sorted(t.load(t.eval_split), key=lambda s: s.id)[:n_samples]
     images = [backbone.load_image(s.image_path) for s in samples]
@@ -63,7 +79,7 @@ def bench_decode(model: str = "tiny-med-llava", task: str = "phantom-vqa", metho
 
 
 def bench_train(model: str = "tiny-med-llava", task: str = "phantom-vqa", batch_size: int = 8, steps: int = 10,
-                device: str = "auto") -> dict[str, Any]:
+                device: str = "auto", shape: str | None = None, shape_scale: str = "full") -> dict[str, Any]:
     """LoRA training step time (median) on the task's train split."""
     import statistics
 
@@ -71,12 +87,13 @@ def bench_train(model: str = "tiny-med-llava", task: str = "phantom-vqa", batch_
     from peft import get_peft_model
 
     from medbench.methods.lora import LoRA
-    from medbench.models import load_backbone, resolve_device
+    from medbench.models import resolve_device
     from medbench.registry import TASKS
     from medbench.training import answer_loss, training_batch
 
     device = resolve_device(device)
-    backbone = load_backbone(model, device=device)
+    backbone = load_bench_backbone(model, device, shape, shape_scale)
+    model = backbone.checkpoint_id if shape else model
     t = TASKS.get(task)()
     samples = t.load(t.train_split)[: batch_size * (steps + 2)]
     model_obj = get_peft_model(backbone.model, LoRA().peft_config())

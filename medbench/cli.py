@@ -16,6 +16,8 @@ SUBCOMMANDS = {
     "compare": "medbench.cli_commands.compare_cmd",
     "pretrain": "medbench.cli_commands.pretrain_cmd",
     "bench": "medbench.cli_commands.bench_cmd",
+    "convert": "medbench.cli_commands.convert_cmd",
+    "data": "medbench.cli_commands.data_cmd",
 }
 
 EPILOG = """examples:
@@ -39,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, module in SUBCOMMANDS.items():
+    for module in SUBCOMMANDS.values():
         importlib.import_module(module).add_parser(sub)
     return parser
 

@@ -27,6 +27,15 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 _CODES = {MethodArgsError: 2, ConfigError: 2}
 
 
+def _model_errors() -> tuple[type[BaseException], ...]:
+    from medbench.backbones.local_models import MedbenchModelError
+
+    return (MedbenchModelError,)
+
+
+USER_ERRORS = USER_ERRORS + _model_errors()
+
+
 def exit_code(exc: BaseException) -> int:
     for cls, code in _CODES.items():
         if isinstance(exc, cls):

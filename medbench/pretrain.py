@@ -17,7 +17,7 @@ from typing import Any
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    steps: int = 1500
+    steps: int = 800
     batch_size: int = 16
     lr: float = 1e-3
     weight_decay: float = 0.01

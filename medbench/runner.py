@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medbench.hashing import sample_seed, sha256_obj
 from medbench.errors import RunFailed
+from medbench.hashing import sample_seed, sha256_obj
 from medbench.method import MethodArgsError, parse_params
 from medbench.registry import METHODS, TASKS
 from medbench.types import Prediction, Sample
@@ -45,6 +45,7 @@ class RunConfig:
     checkpoint_dir: str = "results/checkpoints"
     data_root: str | None = None
     device: str = "auto"
+    device_map: str | None = None
     max_new_tokens: int | None = None
     attention: bool = True
     allow_failures: bool = False
@@ -168,8 +169,9 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     task = TASKS.get(cfg.task)(data_root=cfg.data_root)
     decoder = METHODS.get(res.decoding)(**res.decoding_args)
     samples = select_samples(task, cfg.limit)
+    decoder.check_samples(samples)
     device = resolve_device(cfg.device)
-    backbone = load_backbone(cfg.model, device=device)
+    backbone = load_backbone(cfg.model, device=device, device_map=cfg.device_map)
     t_train = time.time()
     backbone, tuning_info = prepare_tuning(cfg, res, backbone, task, device)
     train_seconds = time.time() - t_train
@@ -180,7 +182,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         "template": backbone.template.prompt, "protocol": task.metric_protocol,
         "decoding": res.decoding, "decoding_args": decoder.resolved_args(),
         "tuning": res.tuning, "tuning_fingerprint": tuning_info.get("fingerprint"),
-        "backbone": backbone.checkpoint_id, "image_backend": "torchvision", "seed": cfg.seed,
+        "backbone": backbone.checkpoint_id, "image_backend": getattr(backbone, "image_backend", "torchvision"), "seed": cfg.seed,
         "max_new_tokens": max_new, "attention": ATTENTION_PROTOCOL if cfg.attention else None,
     })
     out_dir = run_dir_for(cfg, res)
@@ -200,7 +202,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     })
     pending = [s for s in samples if s.id not in writer.done]
     t_decode = time.time()
-    decode_samples(cfg, task, backbone, decoder, pending, writer, max_new)
+    decode_samples(cfg, task, backbone, decoder, samples, writer, max_new)
     decode_seconds = time.time() - t_decode
     timing = {"started_at": _dt.datetime.fromtimestamp(started, _dt.timezone.utc).isoformat(),
               "train_seconds": round(train_seconds, 3), "decode_seconds": round(decode_seconds, 3),
@@ -220,16 +222,26 @@ def geometry_record(backbone: Any) -> dict[str, Any]:
     return backbone.geometry()
 
 
-def decode_samples(cfg: RunConfig, task: Any, backbone: Any, decoder: Any, pending: list[Sample],
+def decode_samples(cfg: RunConfig, task: Any, backbone: Any, decoder: Any, samples: list[Sample],
                    writer: Any, max_new: int) -> None:
+    """Decode fixed batches of the planned samples, appending rows for the unfinished ones.
+
+    Batches are cut from the whole planned list, not from the pending remainder, so a resumed
+    run decodes every sample in exactly the batch it had in an uninterrupted run (identical
+    padding, hence identical floats).
+    """
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(pending), desc=f"{decoder.name} {task.name}", unit="sample", disable=not cfg.progress)
-    for start in range(0, len(pending), cfg.batch_size):
-        chunk = pending[start : start + cfg.batch_size]
+    pending = sum(1 for s in samples if s.id not in writer.done)
+    bar = tqdm(total=pending, desc=f"{decoder.name} {task.name}", unit="sample", disable=not cfg.progress)
+    for start in range(0, len(samples), cfg.batch_size):
+        chunk = samples[start : start + cfg.batch_size]
+        todo = {s.id for s in chunk if s.id not in writer.done}
+        if not todo:
+            continue
         rows = decode_batch(cfg, task, backbone, decoder, chunk, max_new)
-        writer.append(rows)
-        bar.update(len(chunk))
+        writer.append([r for r in rows if r.id in todo])
+        bar.update(len(todo))
     bar.close()
 
 
@@ -273,8 +285,12 @@ def _decode_ok(cfg: RunConfig, task: Any, backbone: Any, decoder: Any, samples: 
 
     batch = backbone.encode_prompts(samples, images)
     seeds = [sample_seed(cfg.seed, task.name, s.id) for s in samples]
+    decoder.prepare(backbone, samples, images)
     gen = decoder.generate(backbone, batch, seeds, max_new)
     texts = [backbone.tokenizer.decode(t, skip_special_tokens=True).strip() for t in gen.tokens]
+    postprocess = getattr(backbone, "postprocess", None)
+    if callable(postprocess):
+        texts = [postprocess(t) for t in texts]
     maps: list[Any] = [None] * len(samples)
     if cfg.attention and any(s.roi is not None for s in samples):
         maps = answer_attention(backbone, batch, gen.tokens)

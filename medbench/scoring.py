@@ -80,6 +80,14 @@ def score_vqa(rows: list[dict[str, Any]], samples: dict[str, Sample], geometry: 
     return metrics, cis, per_sample, counts
 
 
+def score_mc(rows: list[dict[str, Any]], samples: dict[str, Sample], seed: int) -> tuple[dict, dict, dict, dict]:
+    from medbench.metrics.mc import MCMetrics
+
+    mc_rows = [{**r, "options": samples[r["id"]].meta.get("options")} for r in rows]
+    metrics, cis, per_sample = _result_entries(MCMetrics(seed=seed).compute(mc_rows))
+    return metrics, cis, per_sample, {"closed": len(rows)}
+
+
 def score_report(rows: list[dict[str, Any]], seed: int) -> tuple[dict, dict, dict, dict]:
     from medbench.metrics import MetricUnavailable
     from medbench.metrics.report import REPORT_KEYS, ReportMetrics
@@ -91,6 +99,16 @@ def score_report(rows: list[dict[str, Any]], seed: int) -> tuple[dict, dict, dic
         return {k: None for k in REPORT_KEYS}, {k: None for k in REPORT_KEYS}, {}, {"report_metrics_unavailable": 1}
     metrics, cis, per_sample = _result_entries(results)
     return metrics, cis, per_sample, {"report": len(rows)}
+
+
+def data_record(task: Any) -> dict[str, Any]:
+    """Dataset provenance a loader recorded (source format, split origin, count checks)."""
+    record: dict[str, Any] = {}
+    for attr in ("provenance", "count_checks", "source_format"):
+        value = getattr(task, attr, None)
+        if value:
+            record[attr] = value
+    return json.loads(json.dumps(record, default=str))
 
 
 def score_run(run_dir: str | Path, *, samples: list[Sample] | None = None, task: Any = None,
@@ -121,6 +139,8 @@ def score_run(run_dir: str | Path, *, samples: list[Sample] | None = None, task:
     seed = int(config.get("seed", 0))
     if task.kind == "report":
         metrics, cis, per_sample, counts = score_report(rows, seed)
+    elif task.metric_protocol == "mc@difflib":
+        metrics, cis, per_sample, counts = score_mc(rows, planned, seed)
     else:
         metrics, cis, per_sample, counts = score_vqa(rows, planned, run_info["geometry"], seed)
     extra = dict(extra or {})
@@ -148,6 +168,7 @@ def score_run(run_dir: str | Path, *, samples: list[Sample] | None = None, task:
             **counts,
         },
         "skipped": extra.get("skipped", previous.get("skipped", [])),
+        "data": extra.get("data", previous.get("data", data_record(task))),
         "limit": config.get("limit"),
         "fingerprint": run_info["fingerprint"],
         "seed": seed,

@@ -1,6 +1,6 @@
 """The embedded backbone ``tiny-med-llava``: a real ``LlavaForConditionalGeneration``.
 
-CLIP vision tower (224 px, patch 16, 4 layers) + Llama text model (4 layers, hidden 256,
+CLIP vision tower (128 px, patch 16 → an 8×8 visual-token grid, 4 layers) + Llama text model (4 layers, hidden 256,
 grouped-query attention), a byte-level BPE tokenizer trained offline on phantom text, and the
 ``tiny`` prompt template. ``medbench pretrain`` trains it from scratch; the checkpoint ships in
 ``medbench/assets/tiny-med-llava``.
@@ -19,7 +19,7 @@ from medbench.paths import ASSETS
 
 TINY_DIR = ASSETS / "tiny-med-llava"
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
-IMAGE_SIZE = 224
+IMAGE_SIZE = 128
 PATCH_SIZE = 16
 
 

@@ -10,7 +10,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "bench", help="measure decoding throughput or training step time",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  medbench bench decode --batch-sizes 1 16\n  medbench bench decode --methods greedy beam --json\n"
-        "  medbench bench train --batch-size 8",
+        "  medbench bench train --batch-size 8\n"
+        "  medbench bench decode --shape llava-med-v1.5 --device cuda --batch-sizes 1 16   # random 7B weights, bf16",
     )
     p.add_argument("what", choices=["decode", "train"])
     p.add_argument("--model", default="tiny-med-llava")
@@ -22,6 +23,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--shape", choices=["llava-med-v1", "llava-med-v1.5", "huatuogpt-vision-7b"],
+                   help="bench a random-weight model of this real architecture and size instead of --model")
+    p.add_argument("--shape-scale", choices=["full", "tiny"], default="full",
+                   help="full: the real sizes (needs a GPU); tiny: same architecture shrunk, for CPU checks")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=main)
 
@@ -35,10 +40,11 @@ def main(args: argparse.Namespace) -> int:
 
     if args.what == "decode":
         out = bench_decode(args.model, args.task, tuple(args.methods), tuple(args.batch_sizes), args.samples,
-                           args.max_new_tokens, args.device, args.repeats)
+                           args.max_new_tokens, args.device, args.repeats, args.shape, args.shape_scale)
         rows = out["rows"]
     else:
-        out = bench_train(args.model, args.task, args.batch_size, device=args.device)
+        out = bench_train(args.model, args.task, args.batch_size, device=args.device, shape=args.shape,
+                          shape_scale=args.shape_scale)
         rows = [out]
     if args.json:
         print(json.dumps(out, indent=2))

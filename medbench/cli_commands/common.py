@@ -10,7 +10,7 @@ from medbench.errors import ConfigError
 from medbench.method import parse_method_args
 
 RUN_FLAGS = ("method", "task", "model", "tuning", "decoding", "limit", "batch_size", "seed", "output_dir",
-             "checkpoint_dir", "data_root", "device", "max_new_tokens")
+             "checkpoint_dir", "data_root", "device", "device_map", "max_new_tokens")
 
 
 def add_run_flags(p: argparse.ArgumentParser, *, require_method: bool = True) -> None:
@@ -31,6 +31,7 @@ def add_run_flags(p: argparse.ArgumentParser, *, require_method: bool = True) ->
     h.add_argument("--checkpoint-dir", help="where tuning adapters are cached (default results/checkpoints)")
     h.add_argument("--data-root", help="dataset directory (default $MEDBENCH_DATA/<task>)")
     h.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto")
+    h.add_argument("--device-map", choices=["auto"], help="shard a model too large for one GPU (accelerate)")
     h.add_argument("--max-new-tokens", type=int, help="default 16 for VQA, 80 for reports")
 
 
@@ -73,7 +74,7 @@ def merged_config(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def build_run_config(args: argparse.Namespace) -> Any:
-    from medbench.runner import RunConfig, parse_config_dict
+    from medbench.runner import parse_config_dict
 
     data = merged_config(args)
     try:

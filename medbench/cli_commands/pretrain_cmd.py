@@ -14,7 +14,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--output", required=True, help="directory to write the checkpoint to (the shipped one "
                    "lives in medbench/assets/tiny-med-llava)")
-    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--steps", type=int, default=800)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)

@@ -31,7 +31,7 @@ def main(args: argparse.Namespace) -> int:
     res = resolve_methods(cfg)
     task = TASKS.get(cfg.task)(data_root=cfg.data_root)
     device = resolve_device(cfg.device)
-    backbone = load_backbone(cfg.model, device=device)
+    backbone = load_backbone(cfg.model, device=device, device_map=cfg.device_map)
     _, info = prepare_tuning(cfg, res, backbone, task, device)
     print(f"{res.tuning} checkpoint: {info['checkpoint']}")
     return 0
