@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "bench": "medbench.cli_commands.bench_cmd",
     "convert": "medbench.cli_commands.convert_cmd",
     "data": "medbench.cli_commands.data_cmd",
+    "setup-clinical": "medbench.cli_commands.setup_clinical_cmd",
 }
 
 EPILOG = """examples:

@@ -3,7 +3,9 @@
 The analogue of LLaVA-Med's own pretraining for the embedded tier: a BPE tokenizer trained on
 phantom text, a randomly initialised CLIP + Llama Llava model, and full training (vision tower,
 projector and language model) on the ``pretrain`` splits of ``phantom-vqa`` and
-``phantom-report``. Deterministic for a given seed and thread count.
+``phantom-report``. Deterministic for a given seed and thread count. ``init_from`` continues
+training from an existing checkpoint (its tokenizer is kept); the shipped checkpoint records
+its whole history in ``pretrain.json``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ class PretrainConfig:
     seed: int = 0
     vocab_size: int = 1024
     report_fraction: float = 0.25
+    init_from: str | None = None
 
 
 def tokenizer_corpus(samples: list[Any], template_words: list[str]) -> list[str]:
@@ -49,8 +52,17 @@ def pretrain(output: str | Path, config: PretrainConfig = PretrainConfig(), prog
     started = time.time()
     vqa = PhantomVQA().load("pretrain")
     reports = PhantomReport().load("pretrain")
-    tokenizer = train_tokenizer(tokenizer_corpus(vqa + reports, ["USER: ASSISTANT:"]), config.vocab_size)
-    model, processor = build_random(tokenizer, seed=config.seed)
+    if config.init_from:
+        from medbench.backbones.tiny import TinyMedLlava
+
+        start = TinyMedLlava.load(config.init_from)
+        model, processor = start.model, start.processor
+        model.set_attn_implementation({"text_config": "sdpa"})
+    else:
+        tokenizer = train_tokenizer(tokenizer_corpus(vqa + reports, ["USER: ASSISTANT:"]), config.vocab_size)
+        model, processor = build_random(tokenizer, seed=config.seed)
+    for param in model.parameters():
+        param.requires_grad_(True)
     backbone = Backbone(model, processor, TINY, checkpoint_id="pretrain")
     rng = random.Random(config.seed)
     n_reports = int(len(vqa) * config.report_fraction / (1 - config.report_fraction))
@@ -72,5 +84,9 @@ def pretrain(output: str | Path, config: PretrainConfig = PretrainConfig(), prog
         "loss_curve": [round(sum(losses[i:i + 50]) / len(losses[i:i + 50]), 4) for i in range(0, len(losses), 50)],
         "phantom_version": PhantomVQA.version, "torch_threads": torch.get_num_threads(),
     }
+    if config.init_from:
+        previous = Path(config.init_from) / "pretrain.json"
+        if previous.exists():
+            record["continued_from"] = json.loads(previous.read_text())
     (output / "pretrain.json").write_text(json.dumps(record, indent=1) + "\n")
     return record

@@ -49,6 +49,8 @@ class RunConfig:
     max_new_tokens: int | None = None
     attention: bool = True
     allow_failures: bool = False
+    bertscore_model: str | None = None
+    clinical_python: str | None = None
     progress: bool = True
 
 
@@ -208,7 +210,8 @@ def run(cfg: RunConfig) -> dict[str, Any]:
               "train_seconds": round(train_seconds, 3), "decode_seconds": round(decode_seconds, 3),
               "decoded_samples": len(pending),
               "samples_per_second": round(len(pending) / decode_seconds, 4) if pending and decode_seconds > 0 else None}
-    results = score_run(out_dir, samples=samples, task=task, extra={
+    report_options = {"bertscore_model": cfg.bertscore_model, "clinical_python": cfg.clinical_python}
+    results = score_run(out_dir, samples=samples, task=task, report_options=report_options, extra={
         "limit": cfg.limit, "seed": cfg.seed, "timing": timing, "skipped": [dataclasses.asdict(s) for s in task.skipped],
     })
     failed = results["counts"].get("failed", 0)

@@ -65,6 +65,12 @@ class Results(TypedDict, total=False):
     guard_steps, skipped_records."""
     skipped: list[dict[str, str]]
     """Records the task loader refused, with reasons."""
+    unavailable: dict[str, str]
+    """Report tasks: optional metric families that could not run (bertscore, clinical, coco) → reason."""
+    metric_details: dict[str, Any]
+    """Report tasks: per family protocol, versions, model hash/layer and ``comparable`` flag."""
+    data: dict[str, Any]
+    """Dataset provenance from the loader: source format, split origin, count checks."""
     limit: int | None
     """``--limit`` of the run; a limited run never fills a paper-table cell silently."""
     fingerprint: str

@@ -2,13 +2,19 @@
 
 Predictions are joined to the task's samples by id. VQA tasks get the ``llava_med`` protocol
 plus Coverage/Intensity for samples with an RoI and a captured attention map; report tasks get
-the ``coco`` lexical metrics. Every metric carries a percentile-bootstrap 95 % CI.
+the ``coco`` lexical metrics plus the optional families configured in :class:`ReportOptions`
+(BERTScore, the clinical metrics, ``report@medheval``). Every metric carries a
+percentile-bootstrap 95 % CI.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -88,17 +94,99 @@ def score_mc(rows: list[dict[str, Any]], samples: dict[str, Sample], seed: int) 
     return metrics, cis, per_sample, {"closed": len(rows)}
 
 
-def score_report(rows: list[dict[str, Any]], seed: int) -> tuple[dict, dict, dict, dict]:
+@dataclass(frozen=True)
+class ReportOptions:
+    """Optional report metrics for :func:`score_run` (all off unless configured).
+
+    ``bertscore_model``: a local model directory (roberta-large for real use) or
+    ``"minilm-l6-local"`` (tests; labelled not comparable). ``clinical_python``: the clinical
+    environment's interpreter (else ``MEDBENCH_CLINICAL_PYTHON``); ``models_root``: its weights
+    (else ``MEDBENCH_MODELS``). ``medheval``: also compute the ``report@medheval`` protocol.
+    """
+
+    bertscore_model: str | None = None
+    bertscore_baseline: str | None = None
+    bertscore_device: str | None = None
+    clinical_python: str | None = None
+    models_root: str | None = None
+    clinical_metrics: tuple[str, ...] | None = None
+    medheval: bool = False
+
+
+def _add_family(name: str, build: Callable[[], Any], rows: list[dict[str, Any]],
+                out: tuple[dict, dict, dict, dict], unavailable: dict[str, str], details: dict[str, Any],
+                expected: tuple[type[Exception], ...] = ()) -> None:
+    """Compute one optional metric family into ``out``; a failure is recorded, never raised."""
+    from medbench.metrics import MetricUnavailable
+
+    metrics, cis, per_sample, counts = out
+    try:
+        family = build()
+        results = family.compute(rows)
+        details[name] = family.details()
+    except (MetricUnavailable, *expected) as exc:
+        log.warning("%s unavailable: %s", name, exc)
+        unavailable[name] = str(exc)
+        return
+    m, c, p = _result_entries(results)
+    metrics.update(m)
+    cis.update(c)
+    per_sample.update(p)
+    first = next(iter(results.values()), None)
+    if first is not None and "n_empty" in first.counts:
+        counts[f"{name}_empty"] = first.counts["n_empty"]
+
+
+def score_report(rows: list[dict[str, Any]], seed: int, bertscore_model: str | None = None,
+                 clinical_python: str | None = None, *, bertscore_baseline: str | None = None,
+                 bertscore_device: str | None = None, models_root: str | None = None,
+                 clinical_metrics: tuple[str, ...] | None = None,
+                 medheval: bool = False) -> tuple[dict, dict, dict, dict]:
+    """Lexical ``coco`` metrics plus the configured optional families (BERTScore, clinical, medheval).
+
+    A family that cannot run leaves the others intact; its reason goes to ``counts["unavailable"]``
+    and each family's protocol/version record to ``counts["metric_details"]`` (both dicts, which
+    :func:`score_run` moves out of ``counts``).
+    """
     from medbench.metrics import MetricUnavailable
     from medbench.metrics.report import REPORT_KEYS, ReportMetrics
 
+    unavailable: dict[str, str] = {}
+    details: dict[str, Any] = {}
     try:
-        results = ReportMetrics(seed=seed).compute(rows)
+        metrics, cis, per_sample = _result_entries(ReportMetrics(seed=seed).compute(rows))
+        counts: dict[str, Any] = {"report": len(rows)}
     except MetricUnavailable as exc:
         log.error("report metrics unavailable: %s", exc)
-        return {k: None for k in REPORT_KEYS}, {k: None for k in REPORT_KEYS}, {}, {"report_metrics_unavailable": 1}
-    metrics, cis, per_sample = _result_entries(results)
-    return metrics, cis, per_sample, {"report": len(rows)}
+        metrics, cis, per_sample = {k: None for k in REPORT_KEYS}, {k: None for k in REPORT_KEYS}, {}
+        counts = {"report_metrics_unavailable": 1}
+        unavailable["coco"] = str(exc)
+    out = (metrics, cis, per_sample, counts)
+    if bertscore_model:
+        from medbench.metrics.bertscore import BertScoreMetric
+
+        _add_family("bertscore", lambda: BertScoreMetric(bertscore_model, baseline_path=bertscore_baseline,
+                                                         device=bertscore_device, seed=seed),
+                    rows, out, unavailable, details)
+    else:
+        unavailable["bertscore"] = "no BERTScore model configured (a local roberta-large directory)"
+    from medbench.metrics.clinical_client import PYTHON_ENV, ClinicalMetrics, ClinicalMetricsError
+
+    if clinical_python or os.environ.get(PYTHON_ENV):
+        kwargs = {"metrics": clinical_metrics} if clinical_metrics else {}
+        _add_family("clinical", lambda: ClinicalMetrics(clinical_python=clinical_python, models_root=models_root,
+                                                        seed=seed, **kwargs),
+                    rows, out, unavailable, details, (ClinicalMetricsError,))
+    else:
+        unavailable["clinical"] = ("no clinical environment configured (`medbench setup-clinical`, then "
+                                   f"clinical_python or {PYTHON_ENV})")
+    if medheval:
+        from medbench.metrics.medheval import MedHEvalReportMetrics
+
+        _add_family("medheval", lambda: MedHEvalReportMetrics(seed=seed), rows, out, unavailable, details)
+    counts["unavailable"] = unavailable
+    counts["metric_details"] = details
+    return out
 
 
 def data_record(task: Any) -> dict[str, Any]:
@@ -112,8 +200,15 @@ def data_record(task: Any) -> dict[str, Any]:
 
 
 def score_run(run_dir: str | Path, *, samples: list[Sample] | None = None, task: Any = None,
-              extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Score ``run_dir`` and write ``results.json`` (atomically) and ``per_sample.json``."""
+              extra: dict[str, Any] | None = None,
+              report_options: ReportOptions | Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Score ``run_dir`` and write ``results.json`` (atomically) and ``per_sample.json``.
+
+    ``report_options`` (a :class:`ReportOptions` or a mapping of its fields) configures the
+    optional report metrics; it is ignored for VQA tasks.
+    """
+    if report_options is not None and not isinstance(report_options, ReportOptions):
+        report_options = ReportOptions(**dict(report_options))
     from medbench.runner import select_samples, versions
 
     run_dir = Path(run_dir)
@@ -138,11 +233,13 @@ def score_run(run_dir: str | Path, *, samples: list[Sample] | None = None, task:
     failed = [r for r in rows if r.get("error")]
     seed = int(config.get("seed", 0))
     if task.kind == "report":
-        metrics, cis, per_sample, counts = score_report(rows, seed)
+        opts = dataclasses.asdict(report_options or ReportOptions())
+        metrics, cis, per_sample, counts = score_report(rows, seed, **opts)
     elif task.metric_protocol == "mc@difflib":
         metrics, cis, per_sample, counts = score_mc(rows, planned, seed)
     else:
         metrics, cis, per_sample, counts = score_vqa(rows, planned, run_info["geometry"], seed)
+    unavailable, metric_details = counts.pop("unavailable", None), counts.pop("metric_details", None)
     extra = dict(extra or {})
     previous = {}
     if (run_dir / "results.json").exists():
@@ -167,6 +264,7 @@ def score_run(run_dir: str | Path, *, samples: list[Sample] | None = None, task:
             "skipped_records": len(extra.get("skipped", previous.get("skipped", []))),
             **counts,
         },
+        **({"unavailable": unavailable, "metric_details": metric_details} if task.kind == "report" else {}),
         "skipped": extra.get("skipped", previous.get("skipped", [])),
         "data": extra.get("data", previous.get("data", data_record(task))),
         "limit": config.get("limit"),

@@ -22,8 +22,10 @@ Design goals:
   sides, zones, sizes, intensities, kinds and counts are uniform. Question types are drawn before
   the findings are consulted (see :func:`make_questions`).
 - *Conventions.* Image-left is the patient's right (radiological convention); answers use the
-  patient's side. Answers are short lower-case words; about half the questions are CLOSED (yes/no
-  and explicit two-way choices such as "large or small?") and half OPEN.
+  patient's side. Answers are short lower-case words; CLOSED questions are the yes/no ones and
+  everything else (including two-way choices such as "large or small?") is OPEN, because the
+  ``llava_med`` closed rule only credits predictions containing "yes" or "no". Version 2 changed
+  only that labelling: images, questions and answers are those of version 1.
 
 Answer vocabulary: modality ``ct mri x-ray``; plane ``axial coronal``; ``yes no``; kinds ``cyst
 tumor nodule opacity effusion``; organs ``liver spleen kidney``; ``left right upper lower``;
@@ -70,7 +72,7 @@ from medbench.types import AnswerType, RoI, Sample
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 SPLITS = ("pretrain", "train", "test")
 DEFAULT_IMAGES: dict[str, int] = {"pretrain": 2000, "train": 500, "test": 200}
 QUESTIONS_PER_IMAGE = 3
@@ -317,7 +319,7 @@ def _q_zone(f: Findings, rng: np.random.Generator) -> QA | None:
             "Is the lesion in the lower or upper lung zone?",
         ),
     )
-    return QA(q, str(f.zone), CLOSED, "position", "lesion_roi", NAMES[f.focus])
+    return QA(q, str(f.zone), OPEN, "position", "lesion_roi", NAMES[f.focus])
 
 
 def _q_quantity(f: Findings, rng: np.random.Generator) -> QA | None:
@@ -337,14 +339,14 @@ def _q_size(f: Findings, rng: np.random.Generator) -> QA | None:
         return None
     noun = "nodule" if f.kind == "nodule" else "lesion"
     q = _pick(rng, (f"Is the {noun} large or small?", f"Is the {noun} small or large?"))
-    return QA(q, f.size, CLOSED, "size", "lesion_roi", NAMES[f.focus])
+    return QA(q, f.size, OPEN, "size", "lesion_roi", NAMES[f.focus])
 
 
 def _q_intensity(f: Findings, rng: np.random.Generator) -> QA | None:
     if not f.abnormal or f.intensity is None:
         return None
     q = _pick(rng, ("Is the lesion bright or dark?", "Does the lesion appear dark or bright?"))
-    return QA(q, f.intensity, CLOSED, "color", "lesion_roi", NAMES[f.focus])
+    return QA(q, f.intensity, OPEN, "color", "lesion_roi", NAMES[f.focus])
 
 
 QUESTION_TYPES: dict[str, tuple[Builder, float, AnswerType]] = {

@@ -10,7 +10,8 @@ from medbench.errors import ConfigError
 from medbench.method import parse_method_args
 
 RUN_FLAGS = ("method", "task", "model", "tuning", "decoding", "limit", "batch_size", "seed", "output_dir",
-             "checkpoint_dir", "data_root", "device", "device_map", "max_new_tokens")
+             "checkpoint_dir", "data_root", "device", "device_map", "max_new_tokens", "bertscore_model",
+             "clinical_python")
 
 
 def add_run_flags(p: argparse.ArgumentParser, *, require_method: bool = True) -> None:
@@ -32,6 +33,11 @@ def add_run_flags(p: argparse.ArgumentParser, *, require_method: bool = True) ->
     h.add_argument("--data-root", help="dataset directory (default $MEDBENCH_DATA/<task>)")
     h.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto")
     h.add_argument("--device-map", choices=["auto"], help="shard a model too large for one GPU (accelerate)")
+    r = p.add_argument_group("optional report metrics")
+    r.add_argument("--bertscore-model", metavar="DIR", help="local roberta-large directory for BERTScore "
+                   "(or minilm-l6-local, tests only, not comparable)")
+    r.add_argument("--clinical-python", metavar="PATH", help="interpreter of the clinical-metrics environment "
+                   "(see medbench setup-clinical)")
     h.add_argument("--max-new-tokens", type=int, help="default 16 for VQA, 80 for reports")
 
 
