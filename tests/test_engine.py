@@ -94,7 +94,7 @@ def test_attention_capture_equals_eager(random_backbone):
 def test_empty_answer_has_no_map(random_backbone):
     samples, images = _inputs(2)
     batch = random_backbone.encode_prompts(samples, images)
-    maps = engine.answer_attention(random_backbone, batch, [[], [4, 5]])
+    maps = engine.answer_attention(random_backbone, batch, [[], [40, 50]])
     assert maps[0] is None and maps[1].shape == (random_backbone.grid_size,) * 2
 
 
