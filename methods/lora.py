@@ -2,7 +2,9 @@
 
 peft LoRA r=64, α=16, dropout 0.05 on every linear projection of the language model
 (q/k/v/o/gate/up/down; a regex keeps the CLIP tower's q/k/v out), learning rate 2e-4
-(paper Appendix C). The vision tower, projector, embeddings and head stay frozen. The
+(paper Appendix C) for real backbones. ``lr`` left unset takes the backbone's
+``default_tuning_lr``: 2e-4 for real models, 2e-3 for the 4 M-parameter ``tiny-med-llava``,
+on which 2e-4 left the phantom-vqa scores unchanged after 3 epochs. The vision tower, projector, embeddings and head stay frozen. The
 adapter is cached by a training fingerprint and reused by later runs.
 """
 
@@ -24,7 +26,7 @@ class LoRAParams:
     r: int = 64
     alpha: int = 16
     dropout: float = 0.05
-    lr: float = 2e-4
+    lr: float | None = None
     epochs: float | None = None
     batch_size: int = 8
     ce_reduction: str = "per_sample"
@@ -44,9 +46,13 @@ class LoRA(TuningMethod):
     def epochs_for(self, task: Any) -> float:
         return self.params.epochs if self.params.epochs is not None else float(getattr(task, "tuning_epochs", 3))
 
+    def lr_for(self, backbone: Any) -> float:
+        return self.params.lr if self.params.lr is not None else float(getattr(backbone, "default_tuning_lr", 2e-4))
+
     def fingerprint(self, backbone: Any, task: Any, seed: int) -> str:
         return sha256_obj({
             "method": self.name, "params": asdict(self.params), "epochs": self.epochs_for(task),
+            "lr": self.lr_for(backbone),
             "backbone": backbone.checkpoint_id, "task": task.name, "task_version": task.version,
             "split": task.train_split, "seed": seed, "template": backbone.template.prompt,
         })
@@ -71,12 +77,13 @@ class LoRA(TuningMethod):
         tuned = type(backbone)(model, backbone.processor, backbone.template, checkpoint_id=backbone.checkpoint_id)
         losses = train_supervised(
             tuned, samples, epochs=self.epochs_for(task), batch_size=self.params.batch_size,
-            lr=self.params.lr, seed=seed, desc=f"lora {task.name}", ce_reduction=self.params.ce_reduction,
+            lr=self.lr_for(backbone), seed=seed, desc=f"lora {task.name}", ce_reduction=self.params.ce_reduction,
         )
         out_dir.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(out_dir)
         (out_dir / "training.json").write_text(json.dumps(
-            {"losses": losses, "n_samples": len(samples), "params": asdict(self.params)}, indent=1))
+            {"losses": losses, "n_samples": len(samples), "params": asdict(self.params),
+             "lr": self.lr_for(backbone)}, indent=1))
         backbone.model = model.unload() if hasattr(model, "unload") else model.base_model.model
         return out_dir
 

@@ -41,6 +41,8 @@ class Backbone:
     """A loaded Llava-family model with its processor and template."""
 
     name: ClassVar[str] = "llava"
+    #: Learning rate of tuning methods when the user sets none (paper Appendix C: 2e-4).
+    default_tuning_lr: ClassVar[float] = 2e-4
 
     def __init__(self, model: Any, processor: Any, template: PromptTemplate, *, checkpoint_id: str):
         self.model = model

@@ -118,6 +118,7 @@ class TinyMedLlava(Backbone):
     """``tiny-med-llava`` loaded from the shipped checkpoint (or a directory given by the user)."""
 
     name = "tiny-med-llava"
+    default_tuning_lr = 2e-3
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, device: str = "cpu") -> TinyMedLlava:
