@@ -141,7 +141,7 @@ def score_report(rows: list[dict[str, Any]], seed: int, bertscore_model: str | N
                  clinical_python: str | None = None, *, bertscore_baseline: str | None = None,
                  bertscore_device: str | None = None, models_root: str | None = None,
                  clinical_metrics: tuple[str, ...] | None = None,
-                 medheval: bool = False) -> tuple[dict, dict, dict, dict]:
+                 medheval: bool = False, task_name: str | None = None) -> tuple[dict, dict, dict, dict]:
     """Lexical ``coco`` metrics plus the configured optional families (BERTScore, clinical, medheval).
 
     A family that cannot run leaves the others intact; its reason goes to ``counts["unavailable"]``
@@ -184,6 +184,10 @@ def score_report(rows: list[dict[str, Any]], seed: int, bertscore_model: str | N
         from medbench.metrics.medheval import MedHEvalReportMetrics
 
         _add_family("medheval", lambda: MedHEvalReportMetrics(seed=seed), rows, out, unavailable, details)
+    if (task_name or "").startswith("phantom-report"):
+        from medbench.metrics.phantom_findings import FindingF1
+
+        _add_family("phantom_findings", lambda: FindingF1(seed=seed), rows, out, unavailable, details, (Exception,))
     counts["unavailable"] = unavailable
     counts["metric_details"] = details
     return out
@@ -234,7 +238,7 @@ def score_run(run_dir: str | Path, *, samples: list[Sample] | None = None, task:
     seed = int(config.get("seed", 0))
     if task.kind == "report":
         opts = dataclasses.asdict(report_options or ReportOptions())
-        metrics, cis, per_sample, counts = score_report(rows, seed, **opts)
+        metrics, cis, per_sample, counts = score_report(rows, seed, task_name=task.name, **opts)
     elif task.metric_protocol == "mc@difflib":
         metrics, cis, per_sample, counts = score_mc(rows, planned, seed)
     else:
