@@ -8,6 +8,11 @@ hundred columns per layer instead of materialising every attention matrix eagerl
 ``eager_mask`` is registered as the mask builder for the same name, so the function always
 receives an explicit additive causal + padding mask (an unregistered mask would silently make
 the model non-causal).
+
+An optional :class:`AttentionEdit` (PAI, Liu et al., ECCV 2024, Eq. 4) amplifies the pre-softmax
+scores of the last query row on image-key columns, ``ã = a + α|a|``, in chosen layers; with
+``eager=True`` every row of every layer is computed with eager math (parity with
+``attn_implementation="eager"``).
 """
 
 from __future__ import annotations
@@ -41,7 +46,32 @@ class CaptureRequest:
         return self.layers is None or layer_idx in self.layers
 
 
+@dataclass
+class AttentionEdit:
+    """Amplify the last query row's image-key scores: ``a + α|a|`` (after the mask and clamp).
+
+    ``key_mask``: [B, K0] bool image-key columns per batch row (columns past K0 are text);
+    ``layers``: layer indices or None for all; ``eager``: compute all rows eagerly.
+    """
+
+    key_mask: torch.Tensor
+    alpha: float
+    layers: set[int] | None = None
+    eager: bool = False
+
+    def wants(self, layer_idx: int) -> bool:
+        return self.layers is None or layer_idx in self.layers
+
+    def columns(self, n_keys: int) -> torch.Tensor:
+        """[B, n_keys] image-column mask for the current key length."""
+        k0 = self.key_mask.shape[1]
+        if n_keys <= k0:
+            return self.key_mask[:, :n_keys]
+        return torch.nn.functional.pad(self.key_mask, (0, n_keys - k0), value=False)
+
+
 _ACTIVE: contextvars.ContextVar[CaptureRequest | None] = contextvars.ContextVar("medbench_capture", default=None)
+_EDIT: contextvars.ContextVar[AttentionEdit | None] = contextvars.ContextVar("medbench_edit", default=None)
 
 
 def _repeat_kv(states: torch.Tensor, n_rep: int) -> torch.Tensor:
@@ -55,15 +85,42 @@ def medbench_attention(module, query, key, value, attention_mask, scaling=None, 
     """SDPA output plus, when a capture is active, the requested rows of softmax(QKᵀ)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    output, _ = sdpa_attention_forward(
-        module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
-    )
+    edit = _EDIT.get()
+    if edit is not None and edit.eager:
+        output = eager_rows(module, query, key, value, attention_mask, scaling, edit)
+    else:
+        output, _ = sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
+        if edit is not None and edit.alpha != 0.0 and edit.wants(module.layer_idx):
+            output = output.clone()
+            output[:, -1:] = eager_rows(module, query[:, :, -1:], key, value,
+                                        None if attention_mask is None else attention_mask[:, :, -1:],
+                                        scaling, edit).to(output.dtype)
     request = _ACTIVE.get()
     if request is not None and request.wants(module.layer_idx):
         request.captured[module.layer_idx] = image_attention_rows(
             module, query, key, attention_mask, scaling, request
         )
     return output, None
+
+
+def eager_rows(module, query, key, value, attention_mask, scaling, edit: AttentionEdit) -> torch.Tensor:
+    """Eager attention output [B, Q, H, D] of ``query``; the last row amplified where planned."""
+    groups = getattr(module, "num_key_value_groups", 1)
+    k, v = _repeat_kv(key, groups), _repeat_kv(value, groups)
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    scores = torch.matmul(query, k.transpose(2, 3)) * scale
+    if attention_mask is not None:
+        scores = scores + attention_mask[:, :, :, : k.shape[2]]
+    if edit.wants(module.layer_idx) and edit.alpha != 0.0:
+        last = scores[:, :, -1:].float()
+        last = torch.maximum(last, torch.tensor(torch.finfo(scores.dtype).min, device=last.device))
+        cols = edit.columns(k.shape[2]).to(last.device)[:, None, None, :]
+        last = torch.where(cols, last + edit.alpha * last.abs(), last)
+        scores = torch.cat([scores[:, :, :-1].float(), last], dim=2)
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    return torch.matmul(probs, v).transpose(1, 2).contiguous()
 
 
 def image_attention_rows(module, query, key, attention_mask, scaling, request: CaptureRequest) -> torch.Tensor:
@@ -101,6 +158,23 @@ def install(model) -> None:
     """Make the text model of ``model`` use the medbench attention function."""
     register()
     model.set_attn_implementation({"text_config": ATTENTION_NAME})
+
+
+def require_installed(model) -> None:
+    """Raise unless the text model runs the medbench attention function (edits would be no-ops)."""
+    impl = getattr(model.config.get_text_config(), "_attn_implementation", None)
+    if impl != ATTENTION_NAME:
+        raise RuntimeError(f"the text model uses attention {impl!r}; call medbench.attention.install(model) first")
+
+
+@contextlib.contextmanager
+def edit_attention(edit: AttentionEdit | None) -> Iterator[AttentionEdit | None]:
+    """Apply ``edit`` to every medbench attention call inside the block (None: no-op)."""
+    token = _EDIT.set(edit)
+    try:
+        yield edit
+    finally:
+        _EDIT.reset(token)
 
 
 @contextlib.contextmanager

@@ -2,15 +2,27 @@
 
 A step-wise method declares its *branches* (the main prompt plus, for contrastive methods, a
 noised image, an image-free prompt, masked image tokens …) and a *combine* rule. All branch rows
-ride in the same forward pass, each with its own cache rows; the chosen token is fed to every
-branch. Sampling uses one ``torch.Generator`` per sample, seeded from (seed, task, sample id),
-so outputs do not depend on batch size, order or resume.
+ride in the same forward pass, each with its own cache rows (branch-major: row = b·B + i); the
+chosen token is fed to every branch. Sampling uses one ``torch.Generator`` per sample, seeded
+from (seed, task, sample id), so outputs do not depend on batch size, order or resume.
+
+Step order: combine (method rule, plausibility constraint included) → NaN/inf guard →
+``process`` (repetition penalty, temperature, top-k, top-p) → guard → ``select``.
+
+Images are encoded by the engine itself (``get_image_features``) and handed to the model as
+``mm_encoder_outputs``, so a branch may carry raw ``pixel_values`` (encoded in one batched
+vision pass with the other branches) or ready ``image_features`` (zeroed, outlier-only or
+offset embeddings). Llava scatters features into image-token positions in row order; a branch
+without image tokens contributes no features.
 """
 
 from __future__ import annotations
 
+import contextlib
 from abc import abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,16 +42,45 @@ class Generation:
 
 @dataclass
 class Branch:
-    """Model inputs of one branch for every sample of the batch (same row order)."""
+    """Model inputs of one branch for every sample of the batch (same row order).
+
+    Image-token positions are filled from ``image_features`` ([B, N_b, D], projected) when given,
+    otherwise from encoding ``pixel_values``; a branch without image tokens needs neither.
+    """
 
     name: str
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     pixel_values: torch.Tensor | None = None
+    image_features: torch.Tensor | None = None
+
+
+@dataclass
+class Prefill:
+    """State after the joint prefill: last-position logits of every row, cache, mask, positions."""
+
+    out: Any
+    cache: Any
+    mask: torch.Tensor
+    position: torch.Tensor
+    n_branch: int
 
 
 def main_branch(batch: EncodedBatch) -> Branch:
     return Branch("main", batch.input_ids, batch.attention_mask, batch.pixel_values)
+
+
+def left_pad(rows: list[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack 1-D id rows left-padded to one width; returns (ids, attention mask)."""
+    width = max(int(r.numel()) for r in rows)
+    device = rows[0].device
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros((len(rows), width), dtype=torch.long, device=device)
+    for i, r in enumerate(rows):
+        if r.numel():
+            ids[i, width - r.numel():] = r
+            mask[i, width - r.numel():] = 1
+    return ids, mask
 
 
 def stack_branches(branches: list[Branch], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -55,6 +96,74 @@ def stack_branches(branches: list[Branch], pad_id: int) -> tuple[torch.Tensor, t
     return torch.cat(ids), torch.cat(masks), (torch.cat(pixels) if pixels else None)
 
 
+def encode_images(model: Any, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Projected image features [B, N, D] (one vision pass), as Llava would scatter them."""
+    features = model.get_image_features(pixel_values=pixel_values).pooler_output
+    return torch.stack(list(features))
+
+
+def branch_features(model: Any, branches: list[Branch], image_token_id: int) -> torch.Tensor | None:
+    """Image features of all branch rows in branch-major order, flattened to [ΣN, D] (or None)."""
+    pending = [b for b in branches if b.image_features is None and b.pixel_values is not None
+               and bool((b.input_ids == image_token_id).any())]
+    encoded: dict[int, torch.Tensor] = {}
+    if pending:
+        feats = encode_images(model, torch.cat([b.pixel_values for b in pending]))
+        offset = 0
+        for b in pending:
+            encoded[id(b)] = feats[offset: offset + b.pixel_values.shape[0]]
+            offset += b.pixel_values.shape[0]
+    parts = []
+    for b in branches:
+        n_img = (b.input_ids == image_token_id).sum(-1)
+        if not bool(n_img.any()):
+            continue
+        feats = b.image_features if b.image_features is not None else encoded.get(id(b))
+        if feats is None:
+            raise ValueError(f"branch {b.name!r} has image tokens but neither image_features nor pixel_values")
+        for i in range(b.input_ids.shape[0]):
+            if int(n_img[i]) != feats.shape[1] and int(n_img[i]) != 0:
+                raise ValueError(f"branch {b.name!r} row {i}: {int(n_img[i])} image tokens, "
+                                 f"{feats.shape[1]} features")
+            if int(n_img[i]):
+                parts.append(feats[i])
+    return torch.cat(parts) if parts else None
+
+
+def image_inputs(features: torch.Tensor | None) -> dict[str, Any]:
+    """``mm_encoder_outputs`` kwarg that makes Llava scatter ``features`` into image tokens."""
+    if features is None:
+        return {}
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    return {"mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=[features])}}
+
+
+def joint_prefill(backbone: Backbone, branches: list[Branch], **kwargs: Any) -> Prefill:
+    """One forward over all branch rows (left-padded, branch-major) into a fresh cache."""
+    from transformers import DynamicCache
+
+    model = backbone.model
+    ids, mask, _ = stack_branches(branches, backbone.pad_token_id)
+    features = branch_features(model, branches, backbone.image_token_id)
+    position = (mask.cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache(config=model.config)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=position, cache=cache, use_cache=True,
+                logits_to_keep=1, **image_inputs(features), **kwargs)
+    cache = out.cache if getattr(out, "cache", None) is not None else cache
+    return Prefill(out, cache, mask, position[:, -1:], len(branches))
+
+
+def concat_rows(caches: list[Any], config: Any) -> Any:
+    """A fresh cache holding the rows of ``caches`` (same width) one after another."""
+    from transformers import DynamicCache
+
+    data = []
+    for layers in zip(*(c.layers for c in caches)):
+        data.append((torch.cat([layer.keys for layer in layers]), torch.cat([layer.values for layer in layers])))
+    return DynamicCache(data, config=config)
+
+
 def guard_logits(logits: torch.Tensor, fallback: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Replace rows with NaN or no finite entry by ``fallback`` rows; return the rows guarded."""
     bad = torch.isnan(logits).any(-1) | ~torch.isfinite(logits).any(-1)
@@ -64,15 +173,48 @@ def guard_logits(logits: torch.Tensor, fallback: torch.Tensor) -> tuple[torch.Te
     return logits, bad
 
 
+def guard_scores(scores: torch.Tensor, fallback: torch.Tensor, eos: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`guard_logits`, then rows still unusable become a one-hot EOS row (ends that sample)."""
+    scores, bad = guard_logits(scores, fallback)
+    dead = ~torch.isfinite(scores).any(-1)
+    if dead.any():
+        stop = torch.full_like(scores, float("-inf"))
+        stop[:, eos] = 0.0
+        scores = torch.where(dead[:, None], stop, scores)
+    return scores, bad | dead
+
+
 class StepwiseDecoding(DecodingMethod):
-    """A decoding method driven by :func:`decode_loop`: branches → combine → select."""
+    """A decoding method driven by :func:`decode_loop`: branches → combine → process → select."""
 
     def branches(self, backbone: Backbone, batch: EncodedBatch, seeds: list[int]) -> list[Branch]:
         return [main_branch(batch)]
 
+    def prefill(self, backbone: Backbone, batch: EncodedBatch, seeds: list[int]) -> Prefill:
+        """The first forward over every branch row (override for a staged prefill)."""
+        with self.forward_context(0):
+            return joint_prefill(backbone, self.branches(backbone, batch, seeds), **self.forward_kwargs())
+
+    def forward_kwargs(self) -> dict[str, Any]:
+        """Extra ``model(...)`` kwargs of every forward (e.g. ``output_hidden_states``)."""
+        return {}
+
+    def forward_context(self, step: int) -> contextlib.AbstractContextManager:
+        """Context active around the forward whose logits choose token ``step`` (0 = prefill)."""
+        return contextlib.nullcontext()
+
+    def branch_logits(self, out: Any, n_branch: int) -> list[torch.Tensor]:
+        """Float32 last-position logits [B, V] of each branch, main branch first."""
+        logits = out.logits[:, -1].float()
+        return list(logits.view(n_branch, logits.shape[0] // n_branch, -1).unbind(0))
+
     def combine(self, logits: list[torch.Tensor], step: int) -> torch.Tensor:
         """Next-token scores [B, V] from each branch's logits (main branch first)."""
         return logits[0]
+
+    def process(self, scores: torch.Tensor, history: torch.Tensor, step: int) -> torch.Tensor:
+        """Logits processors on combined scores; ``history`` holds the main rows' ids so far."""
+        return scores
 
     @abstractmethod
     def select(self, scores: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
@@ -85,39 +227,36 @@ class StepwiseDecoding(DecodingMethod):
 @torch.inference_mode()
 def decode_loop(method: StepwiseDecoding, backbone: Backbone, batch: EncodedBatch, seeds: list[int],
                 max_new_tokens: int) -> Generation:
-    from transformers import DynamicCache
-
     model = backbone.model
     device = backbone.device
     batch = batch.to(device)
-    branches = method.branches(backbone, batch, seeds)
-    n_branch, n_rows = len(branches), batch.input_ids.shape[0]
-    ids, mask, pixels = stack_branches(branches, backbone.pad_token_id)
-    position = (mask.cumsum(-1) - 1).clamp(min=0)
+    n_rows = batch.input_ids.shape[0]
+    state = method.prefill(backbone, batch, seeds)
+    out, cache, mask, position, n_branch = state.out, state.cache, state.mask, state.position, state.n_branch
     generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
-    cache = DynamicCache(config=model.config)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=position, pixel_values=pixels,
-                cache=cache, use_cache=True, logits_to_keep=1)
     eos, pad = backbone.eos_token_id, backbone.pad_token_id
     finished = torch.zeros(n_rows, dtype=torch.bool, device=device)
+    history = batch.input_ids
     tokens: list[torch.Tensor] = []
     guards = torch.zeros(n_rows, dtype=torch.long)
     for step in range(max_new_tokens):
-        logits = out.logits[:, -1].float().view(n_branch, n_rows, -1)
-        per_branch = [logits[i] for i in range(n_branch)]
-        scores = method.combine(per_branch, step)
-        scores, bad = guard_logits(scores, per_branch[0])
-        guards += bad.cpu().long()
+        per_branch = method.branch_logits(out, n_branch)
+        scores, bad = guard_scores(method.combine(per_branch, step), per_branch[0], eos)
+        scores, bad2 = guard_scores(method.process(scores, history, step), per_branch[0], eos)
+        guards += (bad | bad2).cpu().long()
         nxt = method.select(scores, generators).to(device)
         nxt = torch.where(finished, torch.full_like(nxt, pad), nxt)
         tokens.append(nxt)
+        history = torch.cat([history, nxt[:, None]], dim=1)
         finished |= nxt == eos
         if bool(finished.all()) or step == max_new_tokens - 1:
             break
         mask = torch.cat([mask, torch.ones((mask.shape[0], 1), dtype=mask.dtype, device=device)], dim=1)
         position = position[:, -1:] + 1
-        out = model(input_ids=nxt.repeat(n_branch)[:, None], attention_mask=mask, position_ids=position,
-                    cache=out.cache if getattr(out, "cache", None) is not None else cache, use_cache=True)
+        with method.forward_context(step + 1):
+            out = model(input_ids=nxt.repeat(n_branch)[:, None], attention_mask=mask, position_ids=position,
+                        cache=cache, use_cache=True, **method.forward_kwargs())
+        cache = out.cache if getattr(out, "cache", None) is not None else cache
     return Generation(strip(torch.stack(tokens, 1).tolist() if tokens else [[]] * n_rows, eos, pad),
                       guards.tolist())
 
@@ -134,6 +273,13 @@ def strip(rows: list[list[int]], eos: int, pad: int) -> list[list[int]]:
                 kept.append(t)
         out.append(kept)
     return out
+
+
+@contextlib.contextmanager
+def grad_enabled() -> Iterator[None]:
+    """Autograd on, even inside an outer ``torch.inference_mode`` (inference-time optimisation)."""
+    with torch.inference_mode(False), torch.enable_grad():
+        yield
 
 
 @torch.inference_mode()

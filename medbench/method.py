@@ -116,6 +116,12 @@ class DecodingMethod(Method):
     #: Sampling methods draw from per-sample generators.
     samples: ClassVar[bool] = False
 
+    def check_samples(self, samples: list[Any]) -> None:
+        """Refuse a run whose samples lack what the method needs (e.g. an RoI); default: accept."""
+
+    def prepare(self, backbone: Any, samples: list[Any], images: list[Any]) -> None:
+        """Per-batch sample context (RoIs, raw questions) before :meth:`generate`; default: none."""
+
     @abstractmethod
     def generate(self, backbone: Any, batch: Any, seeds: list[int], max_new_tokens: int) -> Any:
         """Return a :class:`medbench.engine.Generation` for the batch."""

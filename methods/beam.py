@@ -25,5 +25,5 @@ class Beam(DecodingMethod):
     def generate(self, backbone, batch, seeds, max_new_tokens) -> Generation:
         return hf_generate(
             backbone, batch, max_new_tokens, num_beams=self.params.num_beams, do_sample=False,
-            length_penalty=self.params.length_penalty, early_stopping=True,
+            length_penalty=self.params.length_penalty, early_stopping=False,
         )
