@@ -41,6 +41,10 @@ def read_rows(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise PredictionsFileError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+        except UnicodeDecodeError:
+            raise PredictionsFileError(f"{path}:{number}: not UTF-8 text") from None
+        except RecursionError:
+            raise PredictionsFileError(f"{path}:{number}: JSON nested too deeply") from None
         if not isinstance(obj, dict):
             raise PredictionsFileError(f"{path}:{number}: expected a JSON object")
         if header is None:
@@ -51,6 +55,8 @@ def read_rows(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         for key in ("id", "prediction"):
             if key not in obj:
                 raise PredictionsFileError(f"{path}:{number}: row lacks field {key!r}")
+            if not isinstance(obj[key], str):
+                raise PredictionsFileError(f"{path}:{number}: field {key!r} is not a string")
         rows.append(obj)
     if header is None:
         raise PredictionsFileError(f"{path}: empty predictions file (no header)")

@@ -12,11 +12,13 @@ import datetime as _dt
 import json
 import logging
 import time
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medbench.errors import RunFailed
+from medbench.errors import ConfigError, RunFailed
 from medbench.hashing import sample_seed, sha256_obj
 from medbench.method import MethodArgsError, parse_params
 from medbench.registry import METHODS, TASKS
@@ -52,6 +54,7 @@ class RunConfig:
     bertscore_model: str | None = None
     clinical_python: str | None = None
     progress: bool = True
+    shard: str | None = None
 
 
 @dataclass
@@ -161,21 +164,45 @@ def prepare_tuning(cfg: RunConfig, res: Resolved, backbone: Any, task: Any, devi
                                           "params": method.resolved_args()}
 
 
+def tuning_checkpoint(cfg: RunConfig, res: Resolved, backbone: Any, task: Any) -> Path:
+    """Where ``prepare_tuning`` keeps the adapter of this configuration."""
+    fp = METHODS.get(res.tuning)(**res.tuning_args).fingerprint(backbone, task, cfg.seed)
+    model_name = Path(cfg.model).name if Path(cfg.model).is_dir() else cfg.model
+    return Path(cfg.checkpoint_dir) / model_name / task.name / f"{res.tuning}-{fp[:16]}"
+
+
 def run(cfg: RunConfig) -> dict[str, Any]:
-    """Execute a run end to end and return the results dict (also written to results.json)."""
+    """Execute a run end to end and return the results dict (also written to results.json).
+
+    Under a data-parallel launcher (or ``--shard i/N``) this process decodes its shard only;
+    rank 0 merges and scores, the other ranks return a summary of their shard without scores.
+    """
+    from medbench import distributed as dist
     from medbench.models import load_backbone, resolve_device
     from medbench.scoring import score_run
 
     started = time.time()
+    info = dist.resolve(cfg.shard)
+    if info.parallel and cfg.device_map:
+        raise ConfigError("--device-map shards one model in one process; do not combine it with data-parallel ranks")
     res = resolve_methods(cfg)
     task = TASKS.get(cfg.task)(data_root=cfg.data_root)
     decoder = METHODS.get(res.decoding)(**res.decoding_args)
     samples = select_samples(task, cfg.limit)
     decoder.check_samples(samples)
     device = resolve_device(cfg.device)
+    if device == "cuda" and info.source == "env":
+        device = f"cuda:{info.local_rank}"
+    group = dist.init_group(info)
+    mine = dist.shard_samples(samples, info) if info.parallel else samples
+    if info.parallel:
+        log.warning("rank %d of %d (%s): %d of %d samples on %s", info.rank, info.world_size, info.source,
+                    len(mine), len(samples), device)
     backbone = load_backbone(cfg.model, device=device, device_map=cfg.device_map)
     t_train = time.time()
-    backbone, tuning_info = prepare_tuning(cfg, res, backbone, task, device)
+    backbone, tuning_info = dist.main_first(
+        info, group, lambda: prepare_tuning(cfg, res, backbone, task, device),
+        None if res.tuning == "none" else lambda: tuning_checkpoint(cfg, res, backbone, task) / "COMPLETE")
     train_seconds = time.time() - t_train
     max_new = cfg.max_new_tokens or getattr(task, "max_new_tokens", None) or DEFAULT_MAX_NEW_TOKENS[task.kind]
     fingerprint = sha256_obj({
@@ -192,24 +219,52 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     from medbench.atomic import atomic_write_json
     from medbench.predictions import PredictionsWriter
 
-    writer = PredictionsWriter(out_dir / "predictions.jsonl", fingerprint,
-                               {"task": task.name, "model": cfg.model, "decoding": res.decoding, "tuning": res.tuning})
-    atomic_write_json(out_dir / "run.json", {
+    meta = {"task": task.name, "model": cfg.model, "decoding": res.decoding, "tuning": res.tuning}
+    if info.parallel:
+        dist.retire_stale(out_dir, info, fingerprint)
+        writer = PredictionsWriter(dist.rank_path(out_dir, info.rank), fingerprint,
+                                   {**meta, "rank": info.rank, "world_size": info.world_size})
+        mine_ids = {s.id for s in mine}
+        writer.done.update({k: v for k, v in dist.done_elsewhere(out_dir, info, fingerprint).items()
+                            if k in mine_ids and k not in writer.done})
+    else:
+        dist.fold_rank_files(out_dir, fingerprint, meta)
+        writer = PredictionsWriter(out_dir / "predictions.jsonl", fingerprint, meta)
+    run_record = {
         "fingerprint": fingerprint, "config": dataclasses.asdict(cfg), "tuning": res.tuning,
         "decoding": res.decoding, "method_args": {"decoding": decoder.resolved_args(), "tuning": tuning_info.get("params", {})},
         "tuning_checkpoint": tuning_info.get("checkpoint"), "planned": len(samples),
         "geometry": geometry_record(backbone), "max_new_tokens": max_new,
         "attention_protocol": ATTENTION_PROTOCOL if cfg.attention else None,
         "task_version": task.version, "metric_protocol": task.metric_protocol,
-    })
-    pending = [s for s in samples if s.id not in writer.done]
+    }
+    if info.is_main:
+        atomic_write_json(out_dir / "run.json", run_record)
+    pending = [s for s in mine if s.id not in writer.done]
     t_decode = time.time()
-    decode_samples(cfg, task, backbone, decoder, samples, writer, max_new)
+    decode_samples(cfg, task, backbone, decoder, mine, writer, max_new)
     decode_seconds = time.time() - t_decode
+    if info.parallel:
+        dist.write_marker(out_dir, info, fingerprint, len(mine))
+        if group:
+            dist.barrier(group)
+        if not info.is_main:
+            dist.finish_group(group)
+            return {"task": task.name, "model": cfg.model, "tuning": res.tuning, "decoding": res.decoding,
+                    "metrics": {}, "counts": {"rank": info.rank, "world_size": info.world_size,
+                                              "shard": len(mine), "decoded": len(pending)},
+                    "run_dir": str(out_dir)}
+        if not group:
+            dist.wait_for_ranks(out_dir, info, fingerprint)
+        try:
+            dist.merge(out_dir, [s.id for s in samples], info, fingerprint, meta)
+        finally:
+            dist.finish_group(group)
     timing = {"started_at": _dt.datetime.fromtimestamp(started, _dt.timezone.utc).isoformat(),
               "train_seconds": round(train_seconds, 3), "decode_seconds": round(decode_seconds, 3),
               "decoded_samples": len(pending),
-              "samples_per_second": round(len(pending) / decode_seconds, 4) if pending and decode_seconds > 0 else None}
+              "samples_per_second": round(len(pending) / decode_seconds, 4) if pending and decode_seconds > 0 else None,
+              "world_size": info.world_size}
     report_options = {"bertscore_model": cfg.bertscore_model, "clinical_python": cfg.clinical_python}
     results = score_run(out_dir, samples=samples, task=task, report_options=report_options, extra={
         "limit": cfg.limit, "seed": cfg.seed, "timing": timing, "skipped": [dataclasses.asdict(s) for s in task.skipped],
@@ -322,7 +377,32 @@ def parse_config_dict(data: dict[str, Any]) -> RunConfig:
     unknown = sorted(set(data) - known - {"method-args"})
     if unknown:
         raise ValueError(f"unknown config key(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+    hints = typing.get_type_hints(RunConfig)
+    for key, value in data.items():
+        if not _fits_type(value, hints[key]):
+            raise ValueError(f"config key {key}: expected {hints[key]}, got {type(value).__name__} {value!r:.60}")
+    for key in ("batch_size", "max_new_tokens"):
+        if data.get(key) is not None and data[key] < 1:
+            raise ValueError(f"config key {key} must be at least 1, got {data[key]}")
+    if (data.get("limit") or 0) < 0:
+        raise ValueError(f"config key limit must not be negative, got {data['limit']}")
+    if data.get("shard") is not None:
+        from medbench.distributed import parse_shard
+
+        parse_shard(data["shard"])
     return RunConfig(**data)
+
+
+def _fits_type(value: Any, annotation: Any) -> bool:
+    """``value`` matches a RunConfig annotation (``str``, ``int``, ``bool``, optionals, dicts)."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return any(_fits_type(value, a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    base = typing.get_origin(annotation) or annotation
+    if base is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, base)
 
 
 __all__ = ["RunConfig", "run", "resolve_methods", "parse_params"]

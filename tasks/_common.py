@@ -59,6 +59,8 @@ def read_json(path: Path) -> Any:
         raise MalformedDataError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
     except UnicodeDecodeError as exc:
         raise MalformedDataError(f"{path}: not UTF-8 text ({exc})") from None
+    except RecursionError:
+        raise MalformedDataError(f"{path}: JSON nested too deeply") from None
 
 
 def read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
@@ -265,7 +267,12 @@ class RealTask(Task):
         except UnsafePathError as exc:
             self.skip(rid, f"unsafe-path: {exc}")
             return None
-        if not path.is_file():
+        try:
+            found = path.is_file()
+        except OSError as exc:  # e.g. a name longer than the filesystem allows
+            self.skip(rid, f"unsafe-path: {rel[:80]!r}: {exc.strerror}")
+            return None
+        if not found:
             self.skip(rid, f"image-missing: {rel}")
             return None
         return path

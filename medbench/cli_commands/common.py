@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from medbench.errors import ConfigError
-from medbench.method import parse_method_args
+from medbench.method import MethodArgsError, parse_method_args
 
 RUN_FLAGS = ("method", "task", "model", "tuning", "decoding", "limit", "batch_size", "seed", "output_dir",
              "checkpoint_dir", "data_root", "device", "device_map", "max_new_tokens", "bertscore_model",
-             "clinical_python")
+             "clinical_python", "shard")
 
 
 def add_run_flags(p: argparse.ArgumentParser, *, require_method: bool = True) -> None:
@@ -33,6 +33,8 @@ def add_run_flags(p: argparse.ArgumentParser, *, require_method: bool = True) ->
     h.add_argument("--data-root", help="dataset directory (default $MEDBENCH_DATA/<task>)")
     h.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto")
     h.add_argument("--device-map", choices=["auto"], help="shard a model too large for one GPU (accelerate)")
+    h.add_argument("--shard", metavar="I/N", help="decode shard I of N (e.g. a SLURM array task); shard 0 "
+                   "waits for the others, merges and scores. torchrun/accelerate set this from RANK/WORLD_SIZE")
     r = p.add_argument_group("optional report metrics")
     r.add_argument("--bertscore-model", metavar="DIR", help="local roberta-large directory for BERTScore "
                    "(or minilm-l6-local, tests only, not comparable)")
@@ -51,18 +53,29 @@ def merged_config(args: argparse.Namespace) -> dict[str, Any]:
         if not path.exists():
             raise ConfigError(f"config file {path} does not exist")
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        except RecursionError:
+            raise ConfigError(f"{path}: YAML nested too deeply") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of option: value")
         data = {str(k).replace("-", "_"): v for k, v in loaded.items()}
         if "method_args" in data:
             ma = data["method_args"]
             if isinstance(ma, dict):
+                bad = [str(k) for k, v in ma.items() if not _scalar_or_list(v)]
+                if bad:
+                    raise ConfigError(f"{path}: method_args {', '.join(bad)}: expected a number, string, "
+                                      "boolean or a list of them")
                 data["method_args"] = {str(k): v for k, v in ma.items()}
             elif isinstance(ma, list):
-                data["method_args"] = parse_method_args([str(x) for x in ma])
+                try:
+                    data["method_args"] = parse_method_args([str(x) for x in ma])
+                except MethodArgsError as exc:
+                    raise ConfigError(f"{path}: {exc}") from None
             else:
                 raise ConfigError(f"{path}: method_args must be a mapping or a list of key=value")
     for key in RUN_FLAGS:
@@ -77,6 +90,11 @@ def merged_config(args: argparse.Namespace) -> dict[str, Any]:
         if not data.get(required):
             raise ConfigError(f"--{required} is required (on the command line or in --config)")
     return data
+
+
+def _scalar_or_list(value: Any) -> bool:
+    scalar = (str, int, float, bool, type(None))
+    return isinstance(value, scalar) or (isinstance(value, list) and all(isinstance(v, scalar) for v in value))
 
 
 def build_run_config(args: argparse.Namespace) -> Any:
