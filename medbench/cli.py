@@ -18,6 +18,9 @@ SUBCOMMANDS = {
     "bench": "medbench.cli_commands.bench_cmd",
     "convert": "medbench.cli_commands.convert_cmd",
     "data": "medbench.cli_commands.data_cmd",
+    "weak-labels": "medbench.cli_commands.weak_labels_cmd",
+    "sweep": "medbench.cli_commands.sweep_cmd",
+    "show": "medbench.cli_commands.show_cmd",
     "setup-clinical": "medbench.cli_commands.setup_clinical_cmd",
 }
 

@@ -436,3 +436,25 @@ class DerivedSplitTask(RealTask):
         path = manifest_path(self.dataset_id, self.split_version, Path(directory) if directory else None)
         atomic_write_bytes(path, manifest_bytes(self.build_manifest()))
         return path
+
+
+class CaresTask(DerivedSplitTask):
+    """A CARES JSONL task (IU-Xray VQA, OmniMedVQA) whose images live in a separate folder.
+
+    Subclasses set ``cares_name`` (the JSONL file) and ``cares_dirs`` (where it may sit under
+    the data root) and implement :meth:`images_dir`.
+    """
+
+    cares_name: ClassVar[str] = ""
+    cares_dirs: ClassVar[tuple[str, ...]] = ("",)
+
+    def __init__(self, data_root: str | os.PathLike | None = None, *, strict: bool = False,
+                 allow_source_mismatch: bool = False, manifest_dir: str | os.PathLike | None = None,
+                 images_root: str | os.PathLike | None = None):
+        """``images_root`` points at the image folder explicitly (see each task)."""
+        super().__init__(data_root, strict=strict, allow_source_mismatch=allow_source_mismatch,
+                         manifest_dir=manifest_dir)
+        self.images_root = Path(images_root) if images_root is not None else None
+
+    def cares_file(self) -> Path:
+        return self.find_dir(*self.cares_dirs, marker=self.cares_name) / self.cares_name

@@ -19,12 +19,11 @@ is ``iu_xray/`` or a folder that contains it). Only ``image_path[0]`` is used, a
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
 from medbench.tasks._common import (
-    DerivedSplitTask,
+    CaresTask,
     MalformedDataError,
     RealTask,
     RecordError,
@@ -45,7 +44,7 @@ CARES_DIRS = ("", "CARES/data/IU-Xray", "data/IU-Xray")
 REPORT_INSTRUCTION = "Analyze the chest X-ray and generate a concise medical report."
 
 
-class IUXrayVQA(DerivedSplitTask):
+class IUXrayVQA(CaresTask):
     """CARES IU-Xray yes/no VQA (Table 6: 1,789 train / 784 test of 2,573 rows)."""
 
     name = "iu-xray-vqa"
@@ -60,16 +59,8 @@ class IUXrayVQA(DerivedSplitTask):
         "DIR/iu_xray/images/<study>/0.png (the R2Gen images; or DIR/images/)"
     )
 
-    def __init__(self, data_root: str | os.PathLike | None = None, *, strict: bool = False,
-                 allow_source_mismatch: bool = False, manifest_dir: str | os.PathLike | None = None,
-                 images_root: str | os.PathLike | None = None):
-        """``images_root`` points at the R2Gen ``iu_xray/images`` folder explicitly."""
-        super().__init__(data_root, strict=strict, allow_source_mismatch=allow_source_mismatch,
-                         manifest_dir=manifest_dir)
-        self.images_root = Path(images_root) if images_root is not None else None
-
-    def cares_file(self) -> Path:
-        return self.find_dir(*CARES_DIRS, marker=CARES_FILE) / CARES_FILE
+    cares_name = CARES_FILE
+    cares_dirs = CARES_DIRS
 
     def images_dir(self) -> Path:
         if self.images_root is not None:

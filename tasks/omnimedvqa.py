@@ -17,12 +17,11 @@ known to be unique. Split: ``sha256-group-v1`` grouped by image and stratified b
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from pathlib import Path
 
 from medbench.tasks._common import (
-    DerivedSplitTask,
+    CaresTask,
     MalformedDataError,
     RecordError,
     Row,
@@ -54,7 +53,7 @@ def mc_question(text: str, options: list[str]) -> tuple[str, bool]:
     return f"{question} options: {', '.join(opt.strip() for opt in options)}", False
 
 
-class OmniMedVQA(DerivedSplitTask):
+class OmniMedVQA(CaresTask):
     """OmniMedVQA multiple choice (Table 6: 6,155 train / 2,642 test)."""
 
     name = "omnimedvqa"
@@ -69,16 +68,8 @@ class OmniMedVQA(DerivedSplitTask):
         "DIR/Images/<dataset>/.../<file> (the OpenGVLab OmniMedVQA images; or DIR/OmniMedVQA/Images/)"
     )
 
-    def __init__(self, data_root: str | os.PathLike | None = None, *, strict: bool = False,
-                 allow_source_mismatch: bool = False, manifest_dir: str | os.PathLike | None = None,
-                 images_root: str | os.PathLike | None = None):
-        """``images_root`` is the OmniMedVQA folder that holds ``Images/``."""
-        super().__init__(data_root, strict=strict, allow_source_mismatch=allow_source_mismatch,
-                         manifest_dir=manifest_dir)
-        self.images_root = Path(images_root) if images_root is not None else None
-
-    def cares_file(self) -> Path:
-        return self.find_dir(*CARES_DIRS, marker=CARES_FILE) / CARES_FILE
+    cares_name = CARES_FILE
+    cares_dirs = CARES_DIRS
 
     def images_dir(self) -> Path:
         if self.images_root is not None:
