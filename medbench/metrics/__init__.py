@@ -153,3 +153,25 @@ def scoreable_rows(rows: Sequence[Any]) -> tuple[list[dict[str, Any]], int]:
     check_unique_ids(converted)
     ok = [r for r in converted if r.get("error") is None]
     return ok, len(converted) - len(ok)
+
+
+def mean_results(
+    scores: Mapping[str, Mapping[str, float]],
+    *,
+    protocol: str,
+    counts: Mapping[str, int],
+    bootstrap: bool,
+    n_resamples: int,
+    seed: int,
+    level: float,
+) -> dict[str, MetricResult]:
+    """Mean-of-per-sample results for several keys, each with its percentile-bootstrap CI."""
+    from medbench.metrics.bootstrap import bootstrap_mean
+
+    results: dict[str, MetricResult] = {}
+    for key, per_sample in scores.items():
+        result = MetricResult.from_per_sample(key, per_sample, protocol=protocol, counts=counts)
+        if bootstrap:
+            result.ci = bootstrap_mean(list(per_sample.values()), n_resamples=n_resamples, seed=seed, level=level)
+        results[key] = result
+    return results

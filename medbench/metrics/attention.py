@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from medbench.metrics import Metric, MetricResult, scoreable_rows
+from medbench.metrics import Metric, MetricResult, mean_results, scoreable_rows
 
 __all__ = [
     "DEFAULT_TAU",
@@ -172,14 +172,6 @@ class AttentionMetrics(Metric):
             if minmax_normalize(arr)[1]:
                 counts["constant_map"] += 1
             coverage[row["id"]], intensity[row["id"]] = coverage_intensity(arr, roi, self.tau)
-        results = {}
-        for key, per_sample in (("coverage", coverage), ("intensity", intensity)):
-            result = MetricResult.from_per_sample(key, per_sample, protocol=self.protocol, counts=counts)
-            if self.bootstrap:
-                from medbench.metrics.bootstrap import bootstrap_mean
-
-                result.ci = bootstrap_mean(
-                    list(per_sample.values()), n_resamples=self.n_resamples, seed=self.seed, level=self.level
-                )
-            results[key] = result
-        return results
+        return mean_results({"coverage": coverage, "intensity": intensity}, protocol=self.protocol,
+                            counts=counts, bootstrap=self.bootstrap, n_resamples=self.n_resamples,
+                            seed=self.seed, level=self.level)

@@ -15,7 +15,15 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from medbench.metrics import Metric, MetricResult, as_row, check_unique_ids, preview_ids, scoreable_rows
+from medbench.metrics import (
+    Metric,
+    MetricResult,
+    as_row,
+    check_unique_ids,
+    mean_results,
+    preview_ids,
+    scoreable_rows,
+)
 
 __all__ = [
     "PROTOCOLS",
@@ -247,14 +255,5 @@ class VQAMetrics(Metric):
             if self.protocol == "llava_med_batch":
                 scores["open_accuracy"][rid] = substring_hit(pred, gt)
         counts = {"n_rows": len(ok) + n_errors, "errors": n_errors, "open": n_open, "closed": n_closed}
-        results = {}
-        for key, per_sample in scores.items():
-            result = MetricResult.from_per_sample(key, per_sample, protocol=self.protocol, counts=counts)
-            if self.bootstrap:
-                from medbench.metrics.bootstrap import bootstrap_mean
-
-                result.ci = bootstrap_mean(
-                    list(per_sample.values()), n_resamples=self.n_resamples, seed=self.seed, level=self.level
-                )
-            results[key] = result
-        return results
+        return mean_results(scores, protocol=self.protocol, counts=counts, bootstrap=self.bootstrap,
+                            n_resamples=self.n_resamples, seed=self.seed, level=self.level)
