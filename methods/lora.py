@@ -21,6 +21,11 @@ from medbench.method import MethodArgsError, TuningMethod
 TARGET_MODULES = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
 
+def tuning_lr(lr: float | None, backbone: Any) -> float:
+    """The user's learning rate, else the backbone's ``default_tuning_lr`` (paper: 2e-4)."""
+    return lr if lr is not None else float(getattr(backbone, "default_tuning_lr", 2e-4))
+
+
 @dataclass(frozen=True)
 class LoRAParams:
     r: int = 64
@@ -47,7 +52,7 @@ class LoRA(TuningMethod):
         return self.params.epochs if self.params.epochs is not None else float(getattr(task, "tuning_epochs", 3))
 
     def lr_for(self, backbone: Any) -> float:
-        return self.params.lr if self.params.lr is not None else float(getattr(backbone, "default_tuning_lr", 2e-4))
+        return tuning_lr(self.params.lr, backbone)
 
     def fingerprint(self, backbone: Any, task: Any, seed: int) -> str:
         return sha256_obj({

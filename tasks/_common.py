@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+from abc import abstractmethod
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
@@ -297,8 +298,9 @@ class RealTask(Task):
             self._loaded[split] = samples
         return list(self._loaded[split])
 
+    @abstractmethod
     def _load(self, split: str) -> Iterable[Sample]:
-        raise NotImplementedError
+        """Every sample of ``split`` (order free; :meth:`load` sorts and caches them)."""
 
     def _record_count(self, split: str, n: int, n_skipped: int) -> None:
         expected = self.table6.get(split)
@@ -338,11 +340,13 @@ class DerivedSplitTask(RealTask):
         self._rows: list[Row] | None = None
         self._assignment: dict[str, str] | None = None
 
+    @abstractmethod
     def read_rows(self) -> list[Row]:
-        raise NotImplementedError
+        """Every record of the source, skipped ones included, before the split is drawn."""
 
+    @abstractmethod
     def source_files(self) -> list[Path]:
-        raise NotImplementedError
+        """The files the rows come from (hashed into the manifest)."""
 
     def compute_assignment(self, rows: list[Row]) -> dict[str, str]:
         return grouped_split(((r.id, r.group, r.stratum) for r in rows), self.dataset_id, self.seed,

@@ -20,6 +20,7 @@ from typing import Any
 from medbench.hashing import sha256_obj
 from medbench.method import TuningMethod
 from medbench.methods.a3tune.params import A3TuneParams, Resolved, resolve
+from medbench.methods.lora import tuning_lr
 
 log = logging.getLogger("medbench")
 
@@ -92,8 +93,7 @@ class A3Tune(TuningMethod):
 
     def lr_for(self, backbone: Any) -> float:
         """The paper's 2e-4 unless the backbone sets another default (tiny-med-llava: 2e-3), as for ``lora``."""
-        lr = self.params.lr
-        return lr if lr is not None else float(getattr(backbone, "default_tuning_lr", 2e-4))
+        return tuning_lr(self.params.lr, backbone)
 
     def peft_config(self) -> Any:
         from peft import LoraConfig

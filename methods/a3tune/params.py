@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from medbench.method import MethodArgsError
+from medbench.methods.lora import LoRAParams
 
 #: task → (epochs, λ, K, O^q, O^k, B) for the paper and the reference code (spec §5, Table 7).
 PAPER: dict[str, tuple[float, float, int, int, int, int]] = {
@@ -38,18 +39,12 @@ DEFAULT_HEAD_FRACTION = 0.125
 
 
 @dataclass(frozen=True)
-class A3TuneParams:
-    """Every option of ``a3tune``; defaults are the paper's (``None`` = task preset)."""
+class A3TuneParams(LoRAParams):
+    """Every option of ``a3tune``; defaults are the paper's (``None`` = task preset).
 
-    # LoRA and optimisation (identical to the ``lora`` baseline)
-    r: int = 64
-    alpha: int = 16
-    dropout: float = 0.05
-    lr: float | None = None
-    epochs: float | None = None
-    batch_size: int = 8
-    ce_reduction: str = "per_sample"
-    train_limit: int | None = None
+    The LoRA and optimisation options are inherited from the ``lora`` baseline's parameters.
+    """
+
     preset: Literal["paper", "ref"] = "paper"
     # A³MoE (§4.2.1)
     qmoe: bool = True
@@ -89,10 +84,9 @@ class A3TuneParams:
     merge_lora: bool = True
 
     def validate(self) -> None:
-        if self.r < 1 or self.expert_r < 1:
-            raise MethodArgsError("r and expert_r must be ≥ 1")
-        if self.ce_reduction not in ("per_sample", "token"):
-            raise MethodArgsError("ce_reduction must be per_sample or token")
+        super().validate()
+        if self.expert_r < 1:
+            raise MethodArgsError(f"expert_r must be ≥ 1, got {self.expert_r}")
         for name in ("qmoe_experts", "kmoe_experts", "kmoe_top_b", "top_k"):
             value = getattr(self, name)
             if value is not None and value < 1:
