@@ -21,6 +21,7 @@ import contextlib
 import contextvars
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -44,6 +45,10 @@ class CaptureRequest:
 
     def wants(self, layer_idx: int) -> bool:
         return self.layers is None or layer_idx in self.layers
+
+    def record(self, module, query, key, attention_mask, scaling) -> None:
+        """Store this layer's image-key probabilities of the requested rows (with autograd)."""
+        self.captured[module.layer_idx] = image_attention_rows(module, query, key, attention_mask, scaling, self)
 
 
 @dataclass
@@ -70,7 +75,9 @@ class AttentionEdit:
         return torch.nn.functional.pad(self.key_mask, (0, n_keys - k0), value=False)
 
 
-_ACTIVE: contextvars.ContextVar[CaptureRequest | None] = contextvars.ContextVar("medbench_capture", default=None)
+#: The active capture: a :class:`CaptureRequest` or any object with ``wants(layer)`` and
+#: ``record(module, query, key, attention_mask, scaling)`` (e.g. A³TUNE's head capture).
+_ACTIVE: contextvars.ContextVar[Any] = contextvars.ContextVar("medbench_capture", default=None)
 _EDIT: contextvars.ContextVar[AttentionEdit | None] = contextvars.ContextVar("medbench_edit", default=None)
 
 
@@ -99,9 +106,7 @@ def medbench_attention(module, query, key, value, attention_mask, scaling=None, 
                                         scaling, edit).to(output.dtype)
     request = _ACTIVE.get()
     if request is not None and request.wants(module.layer_idx):
-        request.captured[module.layer_idx] = image_attention_rows(
-            module, query, key, attention_mask, scaling, request
-        )
+        request.record(module, query, key, attention_mask, scaling)
     return output, None
 
 
@@ -123,23 +128,38 @@ def eager_rows(module, query, key, value, attention_mask, scaling, edit: Attenti
     return torch.matmul(probs, v).transpose(1, 2).contiguous()
 
 
+def query_rows(query: torch.Tensor, key_len: int, positions: torch.Tensor) -> torch.Tensor:
+    """Row indices [B, Q] into ``query`` of the absolute ``positions`` (the query is the last rows)."""
+    q_len = query.shape[2]
+    return (positions - (key_len - q_len)).clamp(0, q_len - 1)
+
+
+def row_probs(q: torch.Tensor, k: torch.Tensor, scale: float, mask: torch.Tensor | None) -> torch.Tensor:
+    """fp32 softmax over all keys of ``q`` [..., Q, D] against ``k`` [..., S, D] plus an additive ``mask``."""
+    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
+    if mask is not None:
+        scores = scores + mask
+    return torch.softmax(scores, dim=-1)
+
+
+def mask_rows(attention_mask: torch.Tensor | None, rows: torch.Tensor, n_keys: int) -> torch.Tensor | None:
+    """The additive mask [B, 1, Q, S] (fp32) of the query rows ``rows`` [B, Q]."""
+    if attention_mask is None:
+        return None
+    b, q = rows.shape
+    mask = attention_mask[:, :, :, :n_keys].float()
+    return torch.gather(mask.expand(b, 1, mask.shape[2], mask.shape[-1]), 2,
+                        rows[:, None, :, None].expand(b, 1, q, mask.shape[-1]))
+
+
 def image_attention_rows(module, query, key, attention_mask, scaling, request: CaptureRequest) -> torch.Tensor:
     """Attention probabilities [B, H or 1, Q, N] of the requested query rows on image keys."""
     groups = getattr(module, "num_key_value_groups", 1)
-    q_len = query.shape[2]
-    offset = key.shape[2] - q_len
-    rows = (request.query_positions - offset).clamp(0, q_len - 1)
+    rows = query_rows(query, key.shape[2], request.query_positions)
     b, h, _, d = query.shape
     q = torch.gather(query, 2, rows[:, None, :, None].expand(b, h, rows.shape[1], d))
     k = _repeat_kv(key, groups)
-    scale = scaling if scaling is not None else d**-0.5
-    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
-    if attention_mask is not None:
-        mask = attention_mask[:, :, :, : k.shape[2]].float()
-        mask_rows = torch.gather(mask.expand(b, 1, q_len, mask.shape[-1]), 2,
-                                 rows[:, None, :, None].expand(b, 1, rows.shape[1], mask.shape[-1]))
-        scores = scores + mask_rows
-    probs = torch.softmax(scores, dim=-1)
+    probs = row_probs(q, k, scaling if scaling is not None else d**-0.5, mask_rows(attention_mask, rows, k.shape[2]))
     cols = request.key_positions[:, None, None, :].expand(b, h, rows.shape[1], request.key_positions.shape[1])
     image = torch.gather(probs, 3, cols)
     return image if request.per_head else image.sum(dim=1, keepdim=True)

@@ -4,7 +4,8 @@
 prompt span (after the image up to the generation boundary: the end of the template's text
 after ``{question}``, e.g. " ASSISTANT:") and the alignment rows. :class:`A3Hooks` fills the
 shared :class:`~medbench.methods.a3tune.moe.RoutingState` before every forward and, while
-training with alignment, opens a :class:`medbench.attention.CaptureRequest` for the rows.
+training with alignment, opens a :class:`~medbench.methods.a3tune.capture.HeadCapture` for the
+rows (spec §6: r_lh without autograd, selected or calibrated heads recomputed with it).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from typing import Any
 
 import torch
 
-from medbench.attention import CaptureRequest, capture
+from medbench.attention import capture
+from medbench.methods.a3tune.capture import HeadCapture
 from medbench.methods.a3tune.moe import RoutingState
 from medbench.types import AnswerType, Sample
 
@@ -94,21 +96,26 @@ def template_suffix(backbone: Any) -> list[int]:
 
 @dataclass
 class Captured:
-    """What the last training forward captured: probabilities per layer and the row layout."""
+    """What the last training forward captured: r_lh or fixed heads' rows, and the row layout."""
 
-    request: CaptureRequest
+    request: HeadCapture
     row_mask: torch.Tensor
     spans: Spans
     input_ids: torch.Tensor
 
 
 class A3Hooks:
-    """Forward pre/post hooks that set the routing context and, when aligning, the capture."""
+    """Forward pre/post hooks that set the routing context and, when aligning, the capture.
+
+    ``fixed`` (layer → heads) captures only calibrated heads; ``ratios_only`` keeps no
+    references for a later recompute (head calibration).
+    """
 
     def __init__(self, image_token_id: int, suffix: list[int], state: RoutingState, *,
-                 align_rows: str | None = None, layers: set[int] | None = None):
+                 align_rows: str | None = None, fixed: dict[int, list[int]] | None = None):
         self.image_token_id, self.suffix, self.state = image_token_id, suffix, state
-        self.align_rows, self.layers = align_rows, layers
+        self.align_rows, self.fixed = align_rows, fixed
+        self.ratios_only = False
         self.last: Captured | None = None
         self._capture: Any = None
         self._handles: list[Any] = []
@@ -150,7 +157,8 @@ class A3Hooks:
             raise ValueError("A³TUNE alignment needs the same number of image tokens in every training row")
         keys = spans.image_mask.nonzero()[:, 1].view(ids.shape[0], -1)
         positions, valid = spans.rows(self.align_rows)
-        request = CaptureRequest(query_positions=positions, key_positions=keys, layers=self.layers, per_head=True)
+        request = HeadCapture(query_positions=positions, key_positions=keys, row_mask=valid, fixed=self.fixed,
+                              ratios_only=self.ratios_only)
         self._capture = capture(request)
         self._capture.__enter__()
         self.last = Captured(request, valid, spans, ids)

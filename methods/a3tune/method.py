@@ -132,6 +132,7 @@ class A3Tune(TuningMethod):
         from peft import get_peft_model
 
         from medbench.atomic import atomic_write_json
+        from medbench.methods.a3tune.capture import heads_by_layer
         from medbench.methods.a3tune.context import A3Hooks, template_suffix
         from medbench.methods.a3tune.moe import RoutingState, install_a3moe, remove_a3moe
         from medbench.methods.a3tune.objective import AlignObjective, SampleRecorder, calibrate_heads
@@ -164,7 +165,7 @@ class A3Tune(TuningMethod):
             if res.aligns and p.head_selection == "calibrate":
                 fixed, ratios = calibrate_heads(recorder, hooks, samples[: p.calib_samples], res.top_heads, n_heads,
                                                 p.batch_size)
-                hooks.layers = {h // n_heads for h in fixed}
+                hooks.fixed = heads_by_layer(fixed, n_heads)
             if res.aligns or state.collect_balance:
                 objective = AlignObjective(
                     hooks, recorder, state, labels.grids if labels else {}, lam=res.lam if res.aligns else 0.0,

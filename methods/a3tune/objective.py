@@ -1,9 +1,10 @@
 """The A³TUNE training objective: L = L_LLM + λ·L_align (+ c·L_bal) (Eq. 12).
 
 :class:`AlignObjective` is the ``extra_loss`` of :func:`medbench.training.train_supervised`. It
-reads the attention captured by :class:`~medbench.methods.a3tune.context.A3Hooks` during the
-forward, picks the visually-critical heads (per sample and step, or a calibrated fixed set),
-and scores the refined map against the sample's grid segments. Samples are identified through a
+reads the capture of :class:`~medbench.methods.a3tune.context.A3Hooks`: per sample and step it
+picks the top-R heads by r_lh (Eq. 8, computed without autograd during the forward) and
+recomputes only their rows with autograd (or takes the calibrated heads' rows), averages them
+into M̃ (Eq. 9) and scores it against the sample's grid segments (Eq. 10). Samples are identified through a
 :class:`SampleRecorder` (the trainer renders each sample's prompt in batch order); each one is
 verified against the batch's token ids.
 """
@@ -16,13 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medbench.methods.a3tune.align import (
-    alignment_loss,
-    refined_rows,
-    select_heads,
-    stack_heads,
-    visual_ratio,
-)
+from medbench.methods.a3tune.align import alignment_loss, select_heads
 from medbench.methods.a3tune.context import A3Hooks
 from medbench.methods.a3tune.moe import RoutingState
 from medbench.types import Sample
@@ -81,33 +76,27 @@ class AlignObjective:
         self.history: list[dict[str, float]] = []
         self.head_counts: dict[int, int] = {}
 
-    def heads_for(self, probs: torch.Tensor, row_mask: torch.Tensor, layers: list[int]) -> torch.Tensor:
-        """Head indices [B, R] into the stacked capture (per-step top-R, or the calibrated set)."""
+    def selected_rows(self, cap: Any) -> torch.Tensor:
+        """Rows [B, R, Q, N] of the selected heads: the calibrated set, or per-step top-R by r_lh (Eq. 8)."""
         if self.fixed_heads is not None:
-            where = {layer: i for i, layer in enumerate(layers)}
-            idx = [where[h // self.n_heads] * self.n_heads + h % self.n_heads for h in self.fixed_heads]
-            return torch.tensor(idx, device=probs.device).expand(probs.shape[0], -1)
-        with torch.no_grad():
-            ratio = visual_ratio(probs.detach(), row_mask)
-        heads = select_heads(ratio, min(self.top_r, probs.shape[1]))
-        for layer_head in (torch.tensor(layers, device=heads.device)[heads // self.n_heads] * self.n_heads
-                           + heads % self.n_heads).flatten().tolist():
+            return cap.selected_rows()
+        ratio = cap.ratio_matrix()
+        heads = select_heads(ratio, min(self.top_r, ratio.shape[1]))
+        layers = torch.tensor(cap.layers, device=heads.device)
+        for layer_head in (layers[heads // self.n_heads] * self.n_heads + heads % self.n_heads).flatten().tolist():
             self.head_counts[layer_head] = self.head_counts.get(layer_head, 0) + 1
-        return heads
+        return cap.recompute(heads)
 
     def __call__(self, out: Any, batch: Any) -> torch.Tensor:
         total = out.logits.new_zeros(())
         record: dict[str, float] = {}
         if self.lam > 0 and self.top_r > 0:
             cap = self.hooks.last
-            if cap is None or not cap.request.captured:
+            if cap is None or not cap.request.layers:
                 raise RuntimeError("A³TUNE alignment captured no attention: is the medbench attention installed?")
             samples = self.recorder.take(batch.input_ids)
-            layers = sorted(cap.request.captured)
-            probs = stack_heads(cap.request.captured, layers)
-            heads = self.heads_for(probs, cap.row_mask, layers)
-            rows = refined_rows(probs, heads)
-            segs, seg_valid = label_tensors(self.grids, samples, probs.shape[-1], probs.device)
+            rows = self.selected_rows(cap.request).mean(1)
+            segs, seg_valid = label_tensors(self.grids, samples, rows.shape[-1], rows.device)
             per_sample = alignment_loss(rows, cap.row_mask, segs, seg_valid, reduce=self.options["align_reduce"],
                                         kind=self.options["align_loss"], norm=self.options["align_norm"])
             align = per_sample.mean()
@@ -146,6 +135,7 @@ def calibrate_heads(recorder: SampleRecorder, hooks: A3Hooks, samples: list[Samp
     model = backbone.model
     was_training = model.training
     model.eval()
+    hooks.ratios_only = True
     ratios = []
     for start in range(0, len(samples), batch_size):
         chunk = samples[start: start + batch_size]
@@ -154,10 +144,10 @@ def calibrate_heads(recorder: SampleRecorder, hooks: A3Hooks, samples: list[Samp
               position_ids=batch.position_ids)
         recorder.pending = []
         cap = hooks.last
-        layers = sorted(cap.request.captured)
-        ratio = visual_ratio(stack_heads(cap.request.captured, layers), cap.row_mask)
+        ratio = cap.request.ratio_matrix()
         ratios.append(ratio[cap.row_mask.any(1)].float().cpu())
         hooks.last = None
+    hooks.ratios_only = False
     model.train(was_training)
     mean = torch.cat(ratios).mean(0)
     heads = select_heads(mean[None], top_r)[0].tolist()

@@ -1,0 +1,139 @@
+"""Efficient attention capture for the alignment loss (spec §6): SDPA stays the main path.
+
+Inside the registered ``medbench`` attention function, :class:`HeadCapture` records per layer
+
+* **phase A** (``head_selection=per_step``): r_lh (Eq. 8) of every head for every sample,
+  computed under ``torch.no_grad()`` from the alignment rows' softmax, plus *references* to the
+  layer's ``query``/``key`` and mask (tensors SDPA's backward keeps anyway), or
+* **fixed heads** (``head_selection=calibrate``): the calibrated heads' image-key rows, with
+  autograd, right away.
+
+After the forward, :meth:`HeadCapture.recompute` takes each sample's top-R heads (global over
+L·H) and recomputes only those heads' rows × all keys with autograd, keeping the image columns.
+Retained for backward: R·|I|·S fp32 values per sample instead of L·H·|I|·S.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from medbench.attention import mask_rows, query_rows, row_probs
+
+
+@dataclass
+class LayerRefs:
+    """What phase B needs of one layer: its query/key (autograd-tracked), rows, mask and scale."""
+
+    query: torch.Tensor
+    key: torch.Tensor
+    rows: torch.Tensor
+    mask: torch.Tensor | None
+    scale: float
+    groups: int
+
+
+def head_rows(refs: LayerRefs, batch_idx: torch.Tensor, head_idx: torch.Tensor,
+              key_positions: torch.Tensor) -> torch.Tensor:
+    """Probabilities [M, Q, N] on the image keys of heads ``head_idx`` of samples ``batch_idx`` (Eq. 8 rows)."""
+    rows = refs.rows[batch_idx]
+    q = refs.query[batch_idx[:, None], head_idx[:, None], rows]
+    k = refs.key[batch_idx, torch.div(head_idx, refs.groups, rounding_mode="floor")]
+    mask = None if refs.mask is None else refs.mask[batch_idx, 0]
+    probs = row_probs(q, k, refs.scale, mask)
+    cols = key_positions[batch_idx][:, None, :].expand(-1, rows.shape[1], -1)
+    return torch.gather(probs, 2, cols)
+
+
+@dataclass
+class HeadCapture:
+    """Capture request of A³TUNE training (duck-typed for :func:`medbench.attention.capture`).
+
+    ``query_positions`` [B, Q] alignment rows with ``row_mask`` [B, Q]; ``key_positions`` [B, N]
+    image tokens; ``fixed`` maps layer → calibrated heads (None: per-step selection);
+    ``ratios_only`` skips keeping references (calibration under ``no_grad``); ``n_heads`` is
+    read from the query at the first recorded layer.
+    """
+
+    query_positions: torch.Tensor
+    key_positions: torch.Tensor
+    row_mask: torch.Tensor
+    fixed: dict[int, list[int]] | None = None
+    ratios_only: bool = False
+    n_heads: int = 0
+    ratios: dict[int, torch.Tensor] = field(default_factory=dict)
+    refs: dict[int, LayerRefs] = field(default_factory=dict)
+    fixed_rows: dict[int, torch.Tensor] = field(default_factory=dict)
+    _masks: list = field(default_factory=list)
+
+    def wants(self, layer_idx: int) -> bool:
+        return self.fixed is None or layer_idx in self.fixed
+
+    @property
+    def layers(self) -> list[int]:
+        """Recorded layers in order (the layer axis of :meth:`ratio_matrix` and head indices)."""
+        return sorted(self.fixed_rows if self.fixed is not None else self.ratios)
+
+    def record(self, module, query, key, attention_mask, scaling) -> None:
+        layer = module.layer_idx
+        rows = query_rows(query, key.shape[2], self.query_positions)
+        refs = LayerRefs(query, key, rows, self._mask_rows(attention_mask, rows, key.shape[2]),
+                         scaling if scaling is not None else query.shape[-1] ** -0.5,
+                         getattr(module, "num_key_value_groups", 1))
+        b, self.n_heads = query.shape[0], query.shape[1]
+        if self.fixed is not None:
+            heads = torch.tensor(self.fixed[layer], device=query.device)
+            batch_idx = torch.arange(b, device=query.device).repeat_interleave(len(heads))
+            image = head_rows(refs, batch_idx, heads.repeat(b), self.key_positions)
+            self.fixed_rows[layer] = image.view(b, len(heads), *image.shape[1:])
+            return
+        with torch.no_grad():
+            everyone = torch.arange(b * self.n_heads, device=query.device)
+            share = head_rows(refs, everyone // self.n_heads, everyone % self.n_heads, self.key_positions).sum(-1)
+            share = share.view(b, self.n_heads, -1)
+            w = self.row_mask.to(share.dtype)[:, None, :]
+            self.ratios[layer] = (share * w).sum(-1) / w.sum(-1).clamp(min=1.0)
+        if not self.ratios_only:
+            self.refs[layer] = refs
+
+    def _mask_rows(self, attention_mask, rows, n_keys):
+        """The rows' mask, shared by the layers that receive the same mask tensor."""
+        for src, n, out in self._masks:
+            if src is attention_mask and n == n_keys:
+                return out
+        out = mask_rows(attention_mask, rows, n_keys)
+        self._masks.append((attention_mask, n_keys, out))
+        return out
+
+    def ratio_matrix(self) -> torch.Tensor:
+        """r_lh (Eq. 8) [B, L·H], head index = layer position·H + h."""
+        return torch.cat([self.ratios[layer] for layer in self.layers], dim=1)
+
+    def recompute(self, heads: torch.Tensor) -> torch.Tensor:
+        """Rows [B, R, Q, N] of the selected heads (indices into :meth:`ratio_matrix`), with autograd."""
+        b, r = heads.shape
+        layers = self.layers
+        parts, order = [], []
+        for pos, layer in enumerate(layers):
+            hit = (heads // self.n_heads) == pos
+            if not bool(hit.any()):
+                continue
+            batch_idx, slot = hit.nonzero(as_tuple=True)
+            parts.append(head_rows(self.refs[layer], batch_idx, heads[batch_idx, slot] % self.n_heads,
+                                   self.key_positions))
+            order.append(batch_idx * r + slot)
+        flat = torch.cat(parts)[torch.argsort(torch.cat(order))]
+        return flat.view(b, r, *flat.shape[1:])
+
+    def selected_rows(self) -> torch.Tensor:
+        """Rows [B, R, Q, N] of the calibrated heads, in (layer, head) order."""
+        return torch.cat([self.fixed_rows[layer] for layer in self.layers], dim=1)
+
+
+def heads_by_layer(heads: list[int], n_heads: int) -> dict[int, list[int]]:
+    """Global head indices l·H + h → {layer: sorted heads} (the calibrated set of ``heads.json``)."""
+    out: dict[int, list[int]] = {}
+    for head in sorted(heads):
+        out.setdefault(head // n_heads, []).append(head % n_heads)
+    return out
