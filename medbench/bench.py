@@ -78,40 +78,8 @@ def bench_decode(model: str = "tiny-med-llava", task: str = "phantom-vqa", metho
             "max_new_tokens": max_new_tokens, "rows": rows}
 
 
-def bench_train(model: str = "tiny-med-llava", task: str = "phantom-vqa", batch_size: int = 8, steps: int = 10,
-                device: str = "auto", shape: str | None = None, shape_scale: str = "full") -> dict[str, Any]:
-    """LoRA training step time (median) on the task's train split."""
-    import statistics
+def bench_train(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    """A³TUNE vs LoRA training steps side by side (see :mod:`medbench.bench_train`)."""
+    from medbench.bench_train import bench_train as run
 
-    import torch
-    from peft import get_peft_model
-
-    from medbench.methods.lora import LoRA
-    from medbench.models import resolve_device
-    from medbench.registry import TASKS
-    from medbench.training import answer_loss, training_batch
-
-    device = resolve_device(device)
-    backbone = load_bench_backbone(model, device, shape, shape_scale)
-    model = backbone.checkpoint_id if shape else model
-    t = TASKS.get(task)()
-    samples = t.load(t.train_split)[: batch_size * (steps + 2)]
-    model_obj = get_peft_model(backbone.model, LoRA().peft_config())
-    opt = torch.optim.AdamW([p for p in model_obj.parameters() if p.requires_grad], lr=1e-4)
-    times = []
-    for i in range(steps + 2):
-        chunk = samples[i * batch_size:(i + 1) * batch_size]
-        batch = training_batch(backbone, chunk, [backbone.load_image(s.image_path) for s in chunk]).to(device)
-        _sync(device)
-        start = time.perf_counter()
-        out = model_obj(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                        pixel_values=batch.pixel_values, position_ids=batch.position_ids)
-        loss = answer_loss(out.logits, batch.labels)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        _sync(device)
-        if i >= 2:
-            times.append(time.perf_counter() - start)
-    return {"device": device, "model": model, "method": "lora", "batch_size": batch_size,
-            "median_step_s": round(statistics.median(times), 4), "steps": steps}
+    return run(*args, **kwargs)

@@ -1,8 +1,15 @@
-"""``medbench bench {decode,train}``: performance benchmarks (never run by tests)."""
+"""``medbench bench {decode,train}``: performance benchmarks (never run by tests).
+
+``train`` runs LoRA, A³TUNE without alignment (``a3moe``), full A³TUNE and A³TUNE with the naive
+all-heads capture on the same batches in one process and prints step time and peak memory with
+their ratios to LoRA (target: A³TUNE ≤ 1.10× step time, ≤ 1.05× peak memory).
+"""
 
 from __future__ import annotations
 
 import argparse
+
+from medbench.bench_train import CONFIGS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -10,7 +17,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "bench", help="measure decoding throughput or training step time",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  medbench bench decode --batch-sizes 1 16\n  medbench bench decode --methods greedy beam --json\n"
-        "  medbench bench train --batch-size 8\n"
+        "  medbench bench train --batch-size 8 --steps 10\n"
+        "  medbench bench train --configs lora a3tune --json\n"
+        "  medbench bench train --shape llava-med-v1.5 --device cuda --batch-size 4   # random 7B weights\n"
         "  medbench bench decode --shape llava-med-v1.5 --device cuda --batch-sizes 1 16   # random 7B weights, bf16",
     )
     p.add_argument("what", choices=["decode", "train"])
@@ -19,6 +28,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--methods", nargs="+", default=["greedy"])
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 16])
     p.add_argument("--batch-size", type=int, default=8, help="training batch size (train)")
+    p.add_argument("--steps", type=int, default=10, help="timed training steps per configuration (train)")
+    p.add_argument("--rounds", type=int, default=2, help="times the configurations take turns (train)")
+    p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS),
+                   help="training configurations side by side (train; ratios are against lora)")
     p.add_argument("--samples", type=int, default=32)
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--repeats", type=int, default=1)
@@ -43,12 +56,22 @@ def main(args: argparse.Namespace) -> int:
                            args.max_new_tokens, args.device, args.repeats, args.shape, args.shape_scale)
         rows = out["rows"]
     else:
-        out = bench_train(args.model, args.task, args.batch_size, device=args.device, shape=args.shape,
-                          shape_scale=args.shape_scale)
-        rows = [out]
+        out = bench_train(args.model, args.task, args.batch_size, args.steps, device=args.device, shape=args.shape,
+                          shape_scale=args.shape_scale, configs=tuple(args.configs),
+                          rounds=args.rounds)
+        rows = [{k: v for k, v in r.items() if k != "memory_method"} for r in out["rows"]]
     if args.json:
         print(json.dumps(out, indent=2))
-    else:
-        print(f"device {out['device']} · model {out['model']}")
-        print(tabulate(rows, headers="keys", tablefmt="github"))
+        return 0
+    print(f"device {out['device']} · model {out['model']}")
+    print(tabulate(rows, headers="keys", tablefmt="github"))
+    if args.what == "train":
+        print(f"peak memory: {out['memory_method']}")
+        ratio_rows = [{"ratio": k, **v} for k, v in out["ratios"].items()]
+        if ratio_rows:
+            print(tabulate(ratio_rows, headers="keys", tablefmt="github"))
+        if out["within_targets"] is not None:
+            targets = out["targets"]
+            print(f"a3tune/lora within targets (≤{targets['step_time']}× time, ≤{targets['peak_memory']}× memory): "
+                  f"{'yes' if out['within_targets'] else 'no'}")
     return 0

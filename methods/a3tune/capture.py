@@ -11,6 +11,9 @@ Inside the registered ``medbench`` attention function, :class:`HeadCapture` reco
 After the forward, :meth:`HeadCapture.recompute` takes each sample's top-R heads (global over
 L·H) and recomputes only those heads' rows × all keys with autograd, keeping the image columns.
 Retained for backward: R·|I|·S fp32 values per sample instead of L·H·|I|·S.
+
+``all_heads=True`` keeps the naive path (every head's rows with autograd, then a gather), the
+reference that ``medbench bench train`` measures beside it.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from medbench.attention import mask_rows, query_rows, row_probs
+from medbench.attention import CaptureRequest, image_attention_rows, mask_rows, query_rows, row_probs
 
 
 @dataclass
@@ -61,10 +64,12 @@ class HeadCapture:
     row_mask: torch.Tensor
     fixed: dict[int, list[int]] | None = None
     ratios_only: bool = False
+    all_heads: bool = False
     n_heads: int = 0
     ratios: dict[int, torch.Tensor] = field(default_factory=dict)
     refs: dict[int, LayerRefs] = field(default_factory=dict)
     fixed_rows: dict[int, torch.Tensor] = field(default_factory=dict)
+    all_rows: dict[int, torch.Tensor] = field(default_factory=dict)
     _masks: list = field(default_factory=list)
 
     def wants(self, layer_idx: int) -> bool:
@@ -77,6 +82,9 @@ class HeadCapture:
 
     def record(self, module, query, key, attention_mask, scaling) -> None:
         layer = module.layer_idx
+        if self.all_heads:
+            self._record_all(module, query, key, attention_mask, scaling)
+            return
         rows = query_rows(query, key.shape[2], self.query_positions)
         refs = LayerRefs(query, key, rows, self._mask_rows(attention_mask, rows, key.shape[2]),
                          scaling if scaling is not None else query.shape[-1] ** -0.5,
@@ -97,6 +105,21 @@ class HeadCapture:
         if not self.ratios_only:
             self.refs[layer] = refs
 
+    def _record_all(self, module, query, key, attention_mask, scaling) -> None:
+        """Naive path: every head's rows with autograd, r_lh from them."""
+        request = CaptureRequest(query_positions=self.query_positions, key_positions=self.key_positions,
+                                 per_head=True)
+        image = image_attention_rows(module, query, key, attention_mask, scaling, request)
+        self.n_heads = query.shape[1]
+        if self.fixed is not None:
+            image = image[:, self.fixed[module.layer_idx]]
+            self.fixed_rows[module.layer_idx] = image
+            return
+        self.all_rows[module.layer_idx] = image
+        with torch.no_grad():
+            w = self.row_mask.to(image.dtype)[:, None, :]
+            self.ratios[module.layer_idx] = (image.sum(-1) * w).sum(-1) / w.sum(-1).clamp(min=1.0)
+
     def _mask_rows(self, attention_mask, rows, n_keys):
         """The rows' mask, shared by the layers that receive the same mask tensor."""
         for src, n, out in self._masks:
@@ -114,6 +137,9 @@ class HeadCapture:
         """Rows [B, R, Q, N] of the selected heads (indices into :meth:`ratio_matrix`), with autograd."""
         b, r = heads.shape
         layers = self.layers
+        if self.all_heads:
+            stacked = torch.cat([self.all_rows[layer] for layer in layers], dim=1)
+            return torch.gather(stacked, 1, heads[:, :, None, None].expand(b, r, *stacked.shape[2:]))
         parts, order = [], []
         for pos, layer in enumerate(layers):
             hit = (heads // self.n_heads) == pos

@@ -108,14 +108,15 @@ class A3Hooks:
     """Forward pre/post hooks that set the routing context and, when aligning, the capture.
 
     ``fixed`` (layer → heads) captures only calibrated heads; ``ratios_only`` keeps no
-    references for a later recompute (head calibration).
+    references for a later recompute (head calibration); ``all_heads`` selects the naive capture
+    (benchmark reference).
     """
 
     def __init__(self, image_token_id: int, suffix: list[int], state: RoutingState, *,
                  align_rows: str | None = None, fixed: dict[int, list[int]] | None = None):
         self.image_token_id, self.suffix, self.state = image_token_id, suffix, state
         self.align_rows, self.fixed = align_rows, fixed
-        self.ratios_only = False
+        self.ratios_only = self.all_heads = False
         self.last: Captured | None = None
         self._capture: Any = None
         self._handles: list[Any] = []
@@ -158,7 +159,7 @@ class A3Hooks:
         keys = spans.image_mask.nonzero()[:, 1].view(ids.shape[0], -1)
         positions, valid = spans.rows(self.align_rows)
         request = HeadCapture(query_positions=positions, key_positions=keys, row_mask=valid, fixed=self.fixed,
-                              ratios_only=self.ratios_only)
+                              ratios_only=self.ratios_only, all_heads=self.all_heads)
         self._capture = capture(request)
         self._capture.__enter__()
         self.last = Captured(request, valid, spans, ids)

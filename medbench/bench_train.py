@@ -1,0 +1,260 @@
+"""``medbench bench train``: A³TUNE vs LoRA step time and peak memory, side by side in one process.
+
+Target (DESIGN, spec §6 gate): an A³TUNE step costs ≤ 1.10× the LoRA step time and ≤ 1.05× its
+peak memory. Every configuration trains on the same batches, one after another in this process:
+
+* ``lora``: peft LoRA r=64 on all seven projections of the language model, CE only;
+* ``a3moe``: A³TUNE with λ=0 — LoRA + A³MoE, no capture (``a3tune``/``a3moe`` = capture overhead);
+* ``a3tune``: the full step — A³MoE, per-step head selection (Eq. 8), efficient capture, L_align (Eq. 10);
+* ``a3tune-naive``: the same loss through the naive capture (every head's rows with autograd).
+
+Weak labels are precomputed before training, so the step cost does not depend on their source;
+the benchmark uses the task's GT RoIs as the segments (``labels=gt``).
+
+Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` over one step; on CPU the bytes held by
+parameters, buffers, gradients and optimizer state when the step starts plus the highest net
+allocation during it, read from the profiler's allocator events (``profile_memory=True``; Python's
+``tracemalloc`` does not see torch's allocator). The profiled step is not one of the timed steps.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+CONFIGS = ("lora", "a3moe", "a3tune", "a3tune-naive")
+TARGETS = {"step_time": 1.10, "peak_memory": 1.05}
+MIB = 2**20
+
+
+@dataclass
+class Trainer:
+    """One configuration's model, its per-batch loss and how to undo it."""
+
+    model: Any
+    backbone: Any
+    loss: Callable[[Any, Any], Any]
+    teardown: Callable[[], None]
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+def _lora(backbone: Any, task: Any, samples: list[Any]) -> Trainer:
+    from peft import get_peft_model
+
+    from medbench.methods.lora import LoRA
+    import torch
+
+    from medbench.training import answer_loss
+
+    torch.manual_seed(0)
+    model = get_peft_model(backbone.model, LoRA().peft_config())
+
+    def teardown() -> None:
+        backbone.model = model.unload()
+
+    return Trainer(model, backbone, lambda out, batch: answer_loss(out.logits, batch.labels), teardown)
+
+
+def _a3tune(backbone: Any, task: Any, samples: list[Any], *, align: bool, naive: bool = False) -> Trainer:
+    import torch
+    from peft import get_peft_model
+
+    from medbench.methods.a3tune import A3Tune
+    from medbench.methods.a3tune.context import A3Hooks, template_suffix
+    from medbench.methods.a3tune.moe import RoutingState, install_a3moe, remove_a3moe
+    from medbench.methods.a3tune.objective import AlignObjective, SampleRecorder
+    from medbench.methods.a3tune.weak_labels import gt_labels
+    from medbench.training import answer_loss
+
+    method = A3Tune(labels="gt", **({} if align else {"lam": 0}))
+    p, res = method.params, method.resolved(backbone, task)
+    torch.manual_seed(0)
+    model = get_peft_model(backbone.model, method.peft_config())
+    state = RoutingState()
+    install_a3moe(model, method.moe_spec(res), state)
+    recorder = SampleRecorder(backbone, model)
+    hooks = A3Hooks(backbone.image_token_id, template_suffix(backbone), state,
+                    align_rows=p.align_rows if res.aligns else None).attach(model)
+    hooks.all_heads = naive
+    objective = None
+    if res.aligns:
+        grids = gt_labels(samples, backbone.geometry(), p.grid_rule).grids
+        objective = AlignObjective(hooks, recorder, state, grids, lam=res.lam, top_r=res.top_heads,
+                                   n_heads=int(backbone.text_config.num_attention_heads),
+                                   options={"align_reduce": p.align_reduce, "align_loss": p.align_loss,
+                                            "align_norm": p.align_norm})
+
+    def loss(out: Any, batch: Any) -> Any:
+        ce = answer_loss(out.logits, batch.labels, p.ce_reduction)
+        return ce + objective(out, batch) if objective is not None else ce
+
+    def teardown() -> None:
+        hooks.detach()
+        remove_a3moe(model)
+        backbone.model = model.unload()
+
+    notes = {"lam": res.lam, "top_heads": res.top_heads, "total_heads": res.total_heads} if res.aligns else {}
+    return Trainer(model, recorder.backbone, loss, teardown, notes)
+
+
+def make_trainer(name: str, backbone: Any, task: Any, samples: list[Any]) -> Trainer:
+    """The configuration ``name`` (one of :data:`CONFIGS`) wrapped around ``backbone.model``."""
+    if name == "lora":
+        return _lora(backbone, task, samples)
+    if name not in CONFIGS:
+        raise ValueError(f"unknown training configuration {name!r}; choose from {', '.join(CONFIGS)}")
+    return _a3tune(backbone, task, samples, align=name != "a3moe", naive=name == "a3tune-naive")
+
+
+def held_bytes(model: Any, optimizer: Any) -> int:
+    """Bytes of the distinct storages behind parameters, buffers, gradients and optimizer state."""
+    import torch
+
+    seen: dict[int, int] = {}
+    tensors = list(model.parameters()) + list(model.buffers())
+    tensors += [p.grad for p in model.parameters() if p.grad is not None]
+    tensors += [v for s in optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
+    for t in tensors:
+        storage = t.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()
+    return sum(seen.values())
+
+
+def cpu_step_peak(step: Callable[[], None]) -> int:
+    """Highest net CPU allocation (bytes) while ``step`` runs, from the profiler's allocator events."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = [e for e in prof.profiler.kineto_results.events()
+              if e.name() == "[memory]" and str(e.device_type()).endswith("CPU")]
+    live = peak = 0
+    for e in sorted(events, key=lambda e: e.start_ns()):
+        live += e.nbytes()
+        peak = max(peak, live)
+    return peak
+
+
+def measure(trainer: Trainer, build: Callable[[Any], Any], chunks: list[Any], device: str,
+            warmup: int, memory: bool) -> dict[str, Any]:
+    """Step times of the chunks after ``warmup``; with ``memory``, the peak memory of one more step.
+
+    Each batch is built (``build``) just before its step, outside the timing: A³TUNE matches
+    the prompts it records while building to the batch it then sees.
+    """
+    import torch
+
+    model = trainer.model
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    state: dict[str, Any] = {}
+
+    def step(batch: Any) -> None:
+        opt.zero_grad(set_to_none=True)
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                    pixel_values=batch.pixel_values, position_ids=batch.position_ids)
+        loss = trainer.loss(out, batch)
+        loss.backward()
+        opt.step()
+        state["loss"] = float(loss.detach())
+
+    times = []
+    for i, chunk in enumerate(chunks[:-1]):
+        batch = build(chunk)
+        _sync(device)
+        start = time.perf_counter()
+        step(batch)
+        _sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    out = {"times": times, "trainable_params": trainable}
+    if not memory:
+        return out
+    last = build(chunks[-1])
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        step(last)
+        _sync(device)
+        peak, method = torch.cuda.max_memory_allocated(), "torch.cuda.max_memory_allocated"
+    else:
+        held = held_bytes(model, opt)
+        peak, method = held + cpu_step_peak(lambda: step(last)), "held tensors + profiler allocator peak"
+    return {**out, "peak_mib": round(peak / MIB, 2), "loss": round(state["loss"], 4), "memory_method": method}
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def ratios(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Step-time and peak-memory ratios: each configuration / lora, and a3tune / a3moe (capture only)."""
+    by = {r["config"]: r for r in rows}
+    pairs = [(name, "lora") for name in by if name != "lora"]
+    if "a3tune" in by and "a3moe" in by:
+        pairs.append(("a3tune", "a3moe"))
+    return {f"{a}/{b}": {"step_time": round(by[a]["median_step_s"] / by[b]["median_step_s"], 3),
+                         "peak_memory": round(by[a]["peak_mib"] / by[b]["peak_mib"], 3)}
+            for a, b in pairs if b in by}
+
+
+def bench_train(model: str = "tiny-med-llava", task: str = "phantom-vqa", batch_size: int = 8, steps: int = 10,
+                device: str = "auto", shape: str | None = None, shape_scale: str = "full",
+                configs: tuple[str, ...] = CONFIGS, warmup: int = 2, rounds: int = 2) -> dict[str, Any]:
+    """Side-by-side training steps of ``configs`` on the same batches; ratios against ``lora``.
+
+    The configurations take turns for ``rounds`` rounds (so drift in machine load spreads over
+    all of them); the step time is the median over every timed step of a configuration.
+    """
+    import torch
+
+    from medbench.bench import load_bench_backbone
+    from medbench.models import resolve_device
+    from medbench.registry import TASKS
+    from medbench.runner import versions
+    from medbench.training import training_batch
+
+    device = resolve_device(device)
+    backbone = load_bench_backbone(model, device, shape, shape_scale)
+    model = backbone.checkpoint_id if shape else model
+    t = TASKS.get(task)()
+    n_batches = warmup + steps + 1
+    samples = t.load(t.train_split)[: batch_size * n_batches]
+    if len(samples) < batch_size * n_batches:
+        raise ValueError(f"{task} has {len(samples)} training samples; {n_batches} batches of {batch_size} need more")
+    chunks = [samples[i * batch_size:(i + 1) * batch_size] for i in range(n_batches)]
+    images = {s.id: backbone.load_image(s.image_path) for s in samples}
+    results: dict[str, dict[str, Any]] = {}
+    for round_ in range(rounds):
+        for name in configs:
+            trainer = make_trainer(name, backbone, t, samples)
+            try:
+                def build(chunk: list[Any], trainer: Trainer = trainer) -> Any:
+                    return training_batch(trainer.backbone, chunk, [images[s.id] for s in chunk]).to(device)
+
+                got = measure(trainer, build, chunks, device, warmup, memory=round_ == 0)
+            finally:
+                trainer.teardown()
+            if round_ == 0:
+                results[name] = {"config": name, **got, **trainer.notes}
+            else:
+                results[name]["times"] += got["times"]
+    rows = []
+    for r in results.values():
+        times = r.pop("times")
+        rows.append({"config": r.pop("config"), "median_step_s": round(statistics.median(times), 5),
+                     "min_step_s": round(min(times), 5), **r})
+    out_ratios = ratios(rows)
+    main = out_ratios.get("a3tune/lora")
+    return {"device": device if not device.startswith("cuda") else torch.cuda.get_device_name(),
+            "model": model, "task": task, "batch_size": batch_size, "steps": steps, "rounds": rounds,
+            "torch_threads": torch.get_num_threads(), "rows": rows, "ratios": out_ratios, "targets": TARGETS,
+            "within_targets": None if main is None else (main["step_time"] <= TARGETS["step_time"]
+                                                         and main["peak_memory"] <= TARGETS["peak_memory"]),
+            "memory_method": rows[0]["memory_method"] if rows else None, "versions": versions()}
