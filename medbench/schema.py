@@ -78,4 +78,8 @@ class Results(TypedDict, total=False):
     versions: dict[str, str]
     git: dict[str, Any]
     timing: dict[str, Any]
+    weak_label_quality: dict[str, Any]
+    """Tuning runs whose training labels have GT RoIs (A³TUNE): token-level ``precision``,
+    ``recall``, ``iou`` of each sample's label union vs its GT grid, ``n``, ``n_gt``,
+    ``unlabelled_fraction``, the training ``split`` and label ``source`` (``weak`` | ``gt``)."""
     run_dir: str

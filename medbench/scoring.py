@@ -203,6 +203,26 @@ def data_record(task: Any) -> dict[str, Any]:
     return json.loads(json.dumps(record, default=str))
 
 
+def training_label_quality(checkpoint: str | None, split: str | None) -> dict[str, Any] | None:
+    """Token-level quality of the tuning run's training labels against GT RoIs (A³TUNE spec §1.6).
+
+    Read from the adapter's ``training.json`` (``weak_label_quality``, written where the task has
+    GT RoIs), with the label source; None when the checkpoint has none.
+    """
+    if not checkpoint:
+        return None
+    path = Path(checkpoint) / "training.json"
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    quality = record.get("weak_label_quality")
+    if not isinstance(quality, dict) or not quality.get("n_gt"):
+        return None
+    labels = record.get("labels") or {}
+    return {"split": split, "source": labels.get("source"), "label_fp": labels.get("label_fp"), **quality}
+
+
 def score_run(run_dir: str | Path, *, samples: list[Sample] | None = None, task: Any = None,
               extra: dict[str, Any] | None = None,
               report_options: ReportOptions | Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -279,6 +299,9 @@ def score_run(run_dir: str | Path, *, samples: list[Sample] | None = None, task:
         "timing": extra.get("timing", previous.get("timing", {})),
         "run_dir": str(run_dir),
     }
+    quality = training_label_quality(run_info.get("tuning_checkpoint"), getattr(task, "train_split", None))
+    if quality is not None:
+        results["weak_label_quality"] = quality
     import datetime as _dt
 
     results["timing"] = {**results["timing"], "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat()}

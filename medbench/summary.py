@@ -30,4 +30,10 @@ def summary_table(results: dict[str, Any]) -> str:
             + (f" · limit {results['limit']}" if results.get("limit") else ""))
     count_txt = ", ".join(f"{k}={v}" for k, v in counts.items())
     table = tabulate(rows, headers=["metric", "value", "95% CI"], tablefmt="github")
-    return f"{head}\n{table}\ncounts: {count_txt}\nresults: {results.get('run_dir')}/results.json"
+    quality = results.get("weak_label_quality")
+    label_txt = ""
+    if quality:
+        label_txt = (f"\n{quality.get('source') or 'training'} labels vs GT RoIs ({quality.get('split')}, token level): "
+                     f"precision {quality['precision']:.3f} · recall {quality['recall']:.3f} · IoU {quality['iou']:.3f}"
+                     f" · n={quality['n']}/{quality['n_gt']}")
+    return f"{head}\n{table}\ncounts: {count_txt}{label_txt}\nresults: {results.get('run_dir')}/results.json"

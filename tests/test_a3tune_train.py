@@ -112,7 +112,10 @@ def test_end_to_end_cli_run(tmp_path):
     assert main(args) == 0
     results = list((tmp_path / "runs").rglob("results.json"))
     assert len(results) == 1
-    assert json.loads(results[0].read_text()).get("counts", {}).get("failed", 0) == 0
+    record = json.loads(results[0].read_text())
+    assert record.get("counts", {}).get("failed", 0) == 0
+    quality = record["weak_label_quality"]  # training labels vs GT RoIs, carried from training.json
+    assert quality["source"] == "gt" and quality["iou"] == 1.0 and quality["n_gt"] > 0
     assert list((tmp_path / "ckpt").rglob("a3moe.safetensors"))
     assert main(args) == 0  # cached adapter and predictions are reused
 
