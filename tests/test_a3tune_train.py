@@ -135,3 +135,4 @@ def test_sweep_and_weak_label_cli(tmp_path):
     assert main(args) == 0
     rows = (tmp_path / "sw" / "phantom-vqa" / "param-top_k" / "sweep.csv").read_text().splitlines()
     assert len(rows) == 3 and rows[0].startswith("x,method_args")
+    assert (tmp_path / "sw" / "phantom-vqa" / "param-top_k" / "sweep.png").stat().st_size > 0

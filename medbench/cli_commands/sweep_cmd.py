@@ -99,43 +99,79 @@ def main(args: argparse.Namespace) -> int:
         values = {k: v for k, v in (results.get("metrics") or {}).items() if isinstance(v, (int, float))}
         rows.append({"x": x, "method_args": " ".join(f"{k}={v}" for k, v in extra.items()), **values})
     out_dir = Path(args.output_dir) / args.task / name
-    out_dir.mkdir(parents=True, exist_ok=True)
-    columns = ["x", "method_args"] + sorted({k for r in rows for k in r} - {"x", "method_args"})
-    with open(out_dir / "sweep.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    print(f"written: {out_dir / 'sweep.csv'}")
-    plot(rows, metrics, xlabel, out_dir / "sweep.png", bars=name in ("fig4", "fig7a"), title=f"{args.task}: {name}")
+    csv_path = write_csv(rows, out_dir / "sweep.csv")
+    print(f"written: {csv_path}")
+    png = plot_csv(csv_path, metrics, xlabel=xlabel, bars=name in BAR_FIGURES, title=f"{args.task}: {name}")
+    if png is not None:
+        print(f"written: {png}")
     return 0
 
 
-def plot(rows: list[dict[str, Any]], metrics: tuple[str, ...], xlabel: str, path: Path, *, bars: bool,
-         title: str) -> None:
-    """Line plot (sweeps) or grouped bars (ablations) of ``metrics`` against x."""
+BAR_FIGURES = ("fig4", "fig7a")
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
+    """One row per sweep point: ``x``, ``method_args``, then the metrics (sorted)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = ["x", "method_args"] + sorted({k for r in rows for k in r} - {"x", "method_args"})
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def read_csv(path: Path) -> list[dict[str, Any]]:
+    """Rows of a ``sweep.csv``; metric cells as floats (empty cells as None)."""
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for row in rows:
+        for key, value in row.items():
+            if key not in ("x", "method_args"):
+                row[key] = float(value) if value not in ("", None) else None
+    return rows
+
+
+def plot_csv(csv_path: Path, metrics: tuple[str, ...] = (), *, xlabel: str = "x", bars: bool = False,
+             title: str = "", out: Path | None = None) -> Path | None:
+    """``sweep.png`` beside ``csv_path`` (or ``out``): ``metrics`` (default: every metric column) against x.
+
+    The style of the paper's Figures 4–8: grouped bars for the ablations (Fig. 4, 7a), lines with
+    markers for the sweeps (Fig. 5, 7b, 8); VQA and report metrics ×100. Returns None, with a
+    message, when matplotlib is missing.
+    """
+    from medbench.summary import PERCENT
+
+    rows = read_csv(Path(csv_path))
+    columns = [k for k in (rows[0] if rows else {}) if k not in ("x", "method_args")]
+    metrics = tuple(m for m in metrics if m in columns) or tuple(columns)
     try:
         import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
     except ImportError:
         print("matplotlib is not installed: wrote the CSV only (pip install matplotlib for the PNG)")
-        return
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(out) if out is not None else Path(csv_path).with_suffix(".png")
     fig, ax = plt.subplots(figsize=(5, 3.5))
     xs = list(range(len(rows)))
     width = 0.8 / max(1, len(metrics))
     for i, metric in enumerate(metrics):
-        ys = [r.get(metric) for r in rows]
-        ys = [float("nan") if y is None else float(y) for y in ys]
+        scale = 100.0 if metric in PERCENT else 1.0
+        ys = [float("nan") if r.get(metric) is None else r[metric] * scale for r in rows]
         if bars:
             ax.bar([x + (i - (len(metrics) - 1) / 2) * width for x in xs], ys, width, label=metric)
         else:
             ax.plot(xs, ys, marker="o", label=metric)
     ax.set_xticks(xs, [str(r["x"]) for r in rows])
     ax.set_xlabel(xlabel)
+    ax.set_ylabel("score (×100)" if all(m in PERCENT for m in metrics) else "score")
     ax.set_title(title)
-    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    if metrics:
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=150)
     plt.close(fig)
-    print(f"written: {path}")
+    return path
