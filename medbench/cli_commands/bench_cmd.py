@@ -72,6 +72,7 @@ def main(args: argparse.Namespace) -> int:
             print(tabulate(ratio_rows, headers="keys", tablefmt="github"))
         if out["within_targets"] is not None:
             targets = out["targets"]
-            print(f"a3tune/lora within targets (≤{targets['step_time']}× time, ≤{targets['peak_memory']}× memory): "
+            print(f"a3tune/lora within targets (≤{targets['step_time']}× {out['time_basis'].replace('_', ' ')}, "
+                  f"≤{targets['peak_memory']}× memory): "
                   f"{'yes' if out['within_targets'] else 'no'}")
     return 0
