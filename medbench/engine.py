@@ -184,6 +184,17 @@ def guard_scores(scores: torch.Tensor, fallback: torch.Tensor, eos: int) -> tupl
     return scores, bad | dead
 
 
+def suppress_placeholder(scores: torch.Tensor, token_id: int) -> torch.Tensor:
+    """Forbid the image placeholder token: it stands for image features and is never answer text.
+
+    A sampled placeholder (possible at high temperature) would make the answer's teacher-forced
+    attention pass see more placeholders than image features.
+    """
+    scores = scores.clone()
+    scores[:, token_id] = float("-inf")
+    return scores
+
+
 class StepwiseDecoding(DecodingMethod):
     """A decoding method driven by :func:`decode_loop`: branches → combine → process → select."""
 
@@ -242,7 +253,8 @@ def decode_loop(method: StepwiseDecoding, backbone: Backbone, batch: EncodedBatc
     for step in range(max_new_tokens):
         per_branch = method.branch_logits(out, n_branch)
         scores, bad = guard_scores(method.combine(per_branch, step), per_branch[0], eos)
-        scores, bad2 = guard_scores(method.process(scores, history, step), per_branch[0], eos)
+        processed = suppress_placeholder(method.process(scores, history, step), backbone.image_token_id)
+        scores, bad2 = guard_scores(processed, per_branch[0], eos)
         guards += (bad | bad2).cpu().long()
         nxt = method.select(scores, generators).to(device)
         nxt = torch.where(finished, torch.full_like(nxt, pad), nxt)
@@ -289,7 +301,7 @@ def hf_generate(backbone: Backbone, batch: EncodedBatch, max_new_tokens: int, **
     out = backbone.model.generate(
         input_ids=batch.input_ids, attention_mask=batch.attention_mask, pixel_values=batch.pixel_values,
         max_new_tokens=max_new_tokens, pad_token_id=backbone.pad_token_id, eos_token_id=backbone.eos_token_id,
-        **kwargs,
+        suppress_tokens=[backbone.image_token_id], **kwargs,
     )
     new = out[:, batch.input_ids.shape[1]:].tolist()
     rows = strip(new, backbone.eos_token_id, backbone.pad_token_id)

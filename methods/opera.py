@@ -195,6 +195,7 @@ class OPERA(DecodingMethod):
                 guards += 1
                 logits = torch.where(bad[:, None], torch.full_like(logits, NEG), torch.nan_to_num(logits, nan=NEG))
                 logits[bad, eos] = 0.0
+            logits[:, backbone.image_token_id] = NEG  # the placeholder is never answer text
             full = torch.log_softmax(logits, -1)
             cand_scores, cand = logits.topk(n_cand, dim=-1)
             cand_rows = self.probe(backbone, cache, cand, n)

@@ -130,3 +130,24 @@ def test_image_tokens_from_ids(random_backbone):
     counts = random_backbone.image_token_mask(batch.input_ids).sum(1)
     assert counts.tolist() == [random_backbone.grid_size ** 2] * 3
     assert (batch.attention_mask[:, -1] == 1).all()  # left padding
+
+
+def test_image_placeholder_is_never_generated(random_backbone):
+    """Even when it scores highest, the placeholder is suppressed (it would break the map pass)."""
+    b = random_backbone
+
+    class PlaceholderLover(Greedy):
+        def combine(self, logits, step):
+            boosted = logits[0].clone()
+            boosted[:, b.image_token_id] += 1e4
+            return boosted
+
+    samples, images = _inputs(2)
+    batch = b.encode_prompts(samples, images)
+    rows = PlaceholderLover().generate(b, batch, [0, 1], 5).tokens
+    assert rows and all(b.image_token_id not in r for r in rows)
+    plain = Greedy().generate(b, batch, [0, 1], 5).tokens
+    hf = engine.hf_generate(b, batch, 5, do_sample=False).tokens
+    assert hf == plain and all(b.image_token_id not in r for r in hf)
+    maps = engine.answer_attention(b, batch, rows)
+    assert len(maps) == 2
