@@ -14,6 +14,7 @@ SUBCOMMANDS = {
     "score": "medbench.cli_commands.score_cmd",
     "table": "medbench.cli_commands.table_cmd",
     "compare": "medbench.cli_commands.compare_cmd",
+    "baselines": "medbench.cli_commands.baselines_cmd",
     "pretrain": "medbench.cli_commands.pretrain_cmd",
     "bench": "medbench.cli_commands.bench_cmd",
     "convert": "medbench.cli_commands.convert_cmd",

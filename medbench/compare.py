@@ -39,6 +39,7 @@ from medbench import tables as T
 PAPER = "paper"
 PROVENANCE_EXCLUDE = frozenset(
     {
+        "baseline",
         "metrics",
         "confidence_intervals",
         "timing",
