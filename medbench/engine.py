@@ -294,18 +294,42 @@ def grad_enabled() -> Iterator[None]:
         yield
 
 
+class NonFiniteGuard:
+    """A transformers ``LogitsProcessor``: :func:`guard_scores` inside ``generate``, counted per sample.
+
+    ``generate`` runs ``rows_per_sample`` rows per sample (beams); a row with NaN or no finite
+    score becomes a one-hot EOS row (no fallback logits exist there) and counts for its sample.
+    """
+
+    def __init__(self, n_samples: int, rows_per_sample: int, eos: int) -> None:
+        self.counts = [0] * n_samples
+        self.rows_per_sample = rows_per_sample
+        self.eos = eos
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        dead = torch.full_like(scores, float("nan"))
+        scores, bad = guard_scores(scores, dead, self.eos)
+        for row in bad.nonzero().flatten().tolist():
+            self.counts[row // self.rows_per_sample] += 1
+        return scores
+
+
 @torch.inference_mode()
 def hf_generate(backbone: Backbone, batch: EncodedBatch, max_new_tokens: int, **kwargs) -> Generation:
-    """Decoding through ``model.generate`` (beam search), answers cut at EOS."""
+    """Decoding through ``model.generate`` (beam search), answers cut at EOS; non-finite scores guarded."""
+    from transformers import LogitsProcessorList
+
     batch = batch.to(backbone.device)
+    n = batch.input_ids.shape[0]
+    guard = NonFiniteGuard(n, int(kwargs.get("num_beams", 1)), backbone.eos_token_id)
     out = backbone.model.generate(
         input_ids=batch.input_ids, attention_mask=batch.attention_mask, pixel_values=batch.pixel_values,
         max_new_tokens=max_new_tokens, pad_token_id=backbone.pad_token_id, eos_token_id=backbone.eos_token_id,
-        suppress_tokens=[backbone.image_token_id], **kwargs,
+        suppress_tokens=[backbone.image_token_id], logits_processor=LogitsProcessorList([guard]), **kwargs,
     )
     new = out[:, batch.input_ids.shape[1]:].tolist()
     rows = strip(new, backbone.eos_token_id, backbone.pad_token_id)
-    return Generation(rows, [0] * len(rows))
+    return Generation(rows, guard.counts)
 
 
 @torch.inference_mode()
