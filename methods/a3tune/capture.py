@@ -49,6 +49,24 @@ def head_rows(refs: LayerRefs, batch_idx: torch.Tensor, head_idx: torch.Tensor,
     return torch.gather(probs, 2, cols)
 
 
+def image_share(refs: LayerRefs, key_positions: torch.Tensor) -> torch.Tensor:
+    """Σ_{c∈V} P_lh[i, c] per head and row [B, H, Q] (Eq. 8's numerator; each row sums to 1).
+
+    exp(logsumexp over image keys − logsumexp over all keys), with query heads grouped onto
+    their key/value head (no GQA repeat) and the mask broadcast over heads.
+    """
+    query, key = refs.query, refs.key
+    b, h, _, d = query.shape
+    q_len, n_keys, kv = refs.rows.shape[1], key.shape[2], key.shape[1]
+    q = torch.gather(query, 2, refs.rows[:, None, :, None].expand(b, h, q_len, d))
+    scores = torch.matmul(q.float().reshape(b, kv, refs.groups * q_len, d), key.float().transpose(-1, -2))
+    scores = scores.view(b, h, q_len, n_keys) * refs.scale
+    if refs.mask is not None:
+        scores = scores + refs.mask
+    image = torch.gather(scores, 3, key_positions[:, None, None, :].expand(b, h, q_len, key_positions.shape[1]))
+    return torch.exp(torch.logsumexp(image, -1) - torch.logsumexp(scores, -1))
+
+
 @dataclass
 class HeadCapture:
     """Capture request of A³TUNE training (duck-typed for :func:`medbench.attention.capture`).
@@ -97,9 +115,7 @@ class HeadCapture:
             self.fixed_rows[layer] = image.view(b, len(heads), *image.shape[1:])
             return
         with torch.no_grad():
-            everyone = torch.arange(b * self.n_heads, device=query.device)
-            share = head_rows(refs, everyone // self.n_heads, everyone % self.n_heads, self.key_positions).sum(-1)
-            share = share.view(b, self.n_heads, -1)
+            share = image_share(refs, self.key_positions)
             w = self.row_mask.to(share.dtype)[:, None, :]
             self.ratios[layer] = (share * w).sum(-1) / w.sum(-1).clamp(min=1.0)
         if not self.ratios_only:
