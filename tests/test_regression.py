@@ -136,6 +136,19 @@ def test_check_passes_unchanged_and_fails_on_a_perturbed_hyperparameter(tmp_path
     out = capsys.readouterr().out
     assert "FAIL" in out and "fingerprint differs" in out and R.REGENERATE in out
 
+    # `medbench compare` on the two phantom result sets: the 44 baselines against the one rerun.
+    from medbench.compare import compare
+
+    rows = compare(str(BASELINES), str(tmp_path / "perturbed" / "runs"))
+    pai = [r for r in rows if r["task"] == "phantom-vqa" and r["tuning"] == "none" and r["decoding"] == "pai"]
+    metrics = {r["metric"]: r for r in pai if r["kind"] == "metric"}
+    fields = {r["field"]: r for r in pai if r["kind"] == "field"}
+    assert metrics["closed_accuracy"]["a"] != metrics["closed_accuracy"]["b"]
+    assert (fields["method_args.decoding.alpha"]["a"], fields["method_args.decoding.alpha"]["b"]) == (0.2, 3.0)
+    only_a = [r for r in rows if r["kind"] == "metric" and r["note"] == "only in A"]
+    assert {(r["task"], r["tuning"], r["decoding"]) for r in only_a} == {
+        (e.task, e.tuning, e.decoding) for e in R.Suite().entries() if e.key != "phantom-vqa/none+pai"}
+
 
 def test_check_fails_on_a_perturbed_sampling_method_too(tmp_path, capsys):
     """Nucleus at top-p 0.9 vs a much flatter temperature: beyond even the bootstrap half-widths."""
