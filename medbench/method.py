@@ -131,6 +131,9 @@ class TuningMethod(Method):
     """Trains an adapter on a task's train split, then decodes with a decoding method."""
 
     kind = "tuning"
+    #: Arguments that change how training runs, never what it produces: kept out of fingerprints
+    #: and run-directory names.
+    OPERATIONAL: ClassVar[frozenset[str]] = frozenset({"checkpoint_every"})
 
     @abstractmethod
     def fingerprint(self, backbone: Any, task: Any, seed: int) -> str:

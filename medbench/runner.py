@@ -20,7 +20,7 @@ from typing import Any
 
 from medbench.errors import ConfigError, RunFailed
 from medbench.hashing import sample_seed, sha256_obj
-from medbench.method import MethodArgsError, parse_params
+from medbench.method import MethodArgsError, TuningMethod, parse_params
 from medbench.registry import METHODS, TASKS
 from medbench.types import Prediction, Sample
 
@@ -105,8 +105,9 @@ def resolve_methods(cfg: RunConfig) -> Resolved:
 def run_dir_for(cfg: RunConfig, res: Resolved) -> Path:
     model_name = Path(cfg.model).name if Path(cfg.model).is_dir() else cfg.model
     suffix = ""
-    if res.decoding_args or res.tuning_args:
-        suffix = "-" + sha256_obj({"d": res.decoding_args, "t": res.tuning_args})[:8]
+    tuning_args = {k: v for k, v in res.tuning_args.items() if k not in TuningMethod.OPERATIONAL}
+    if res.decoding_args or tuning_args:
+        suffix = "-" + sha256_obj({"d": res.decoding_args, "t": tuning_args})[:8]
     return Path(cfg.output_dir) / model_name / cfg.task / f"{res.tuning}+{res.decoding}{suffix}"
 
 
@@ -146,7 +147,12 @@ def git_info() -> dict[str, Any]:
 
 
 def prepare_tuning(cfg: RunConfig, res: Resolved, backbone: Any, task: Any, device: str) -> tuple[Any, dict]:
-    """Train (or reuse by fingerprint) the tuning adapter and attach it."""
+    """Train (or reuse by fingerprint) the tuning adapter and attach it.
+
+    Training resumes from the step checkpoints in ``<checkpoint>/state/`` and removes them once the
+    ``COMPLETE`` marker is written. Inside a process group every rank trains (data-parallel) and
+    rank 0 writes the files.
+    """
     if res.tuning == "none":
         return backbone, {}
     method = METHODS.get(res.tuning)(**res.tuning_args)
@@ -154,12 +160,21 @@ def prepare_tuning(cfg: RunConfig, res: Resolved, backbone: Any, task: Any, devi
     model_name = Path(cfg.model).name if Path(cfg.model).is_dir() else cfg.model
     ckpt = Path(cfg.checkpoint_dir) / model_name / task.name / f"{res.tuning}-{fp[:16]}"
     marker = ckpt / "COMPLETE"
+    from medbench import ddp, train_state
+
     if marker.exists() and marker.read_text().strip() == fp:
         log.info("reusing %s checkpoint %s", res.tuning, ckpt)
+        if ddp.is_main_process():
+            train_state.remove(ckpt / train_state.STATE_DIR)  # left by a kill during the clean-up
     else:
+        from medbench.atomic import atomic_write_text
+
         log.info("training %s on %s (%s)", res.tuning, task.name, ckpt)
         method.train(backbone, task, ckpt, cfg.seed, device)
-        marker.write_text(fp)
+        if ddp.is_main_process():
+            atomic_write_text(marker, fp)
+            train_state.remove(ckpt / train_state.STATE_DIR)
+        ddp.sync_point()
     return method.apply(backbone, ckpt), {"checkpoint": str(ckpt), "fingerprint": fp,
                                           "params": method.resolved_args()}
 
@@ -202,7 +217,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     t_train = time.time()
     backbone, tuning_info = dist.main_first(
         info, group, lambda: prepare_tuning(cfg, res, backbone, task, device),
-        None if res.tuning == "none" else lambda: tuning_checkpoint(cfg, res, backbone, task) / "COMPLETE")
+        None if res.tuning == "none" or group else lambda: tuning_checkpoint(cfg, res, backbone, task) / "COMPLETE")
     train_seconds = time.time() - t_train
     max_new = cfg.max_new_tokens or getattr(task, "max_new_tokens", None) or DEFAULT_MAX_NEW_TOKENS[task.kind]
     fingerprint = sha256_obj({

@@ -7,9 +7,11 @@ tokens within each sample, then samples — the reference's batch-1 behaviour at
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,6 +21,7 @@ from medbench.backbones.base import Backbone
 from medbench.types import Sample
 
 IGNORE = -100
+log = logging.getLogger("medbench")
 
 
 @dataclass
@@ -55,19 +58,41 @@ def training_batch(backbone: Backbone, samples: list[Sample], images: list[Any])
     return TrainBatch(ids, mask, lab, backbone.pixel_values(images), position)
 
 
-def answer_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "per_sample") -> torch.Tensor:
-    """Next-token cross-entropy on answer tokens (Eq. 11), reduced per sample or per token."""
+def _token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token next-token cross-entropy and the answer-token mask, both ``[B, T-1]``."""
     shift_logits = logits[:, :-1].float()
     shift_labels = labels[:, 1:]
     losses = torch.nn.functional.cross_entropy(
         shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
         ignore_index=IGNORE, reduction="none",
     ).view(shift_labels.shape)
-    valid = (shift_labels != IGNORE).float()
+    return losses, (shift_labels != IGNORE).float()
+
+
+def answer_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "per_sample") -> torch.Tensor:
+    """Next-token cross-entropy on answer tokens (Eq. 11), reduced per sample or per token."""
+    losses, valid = _token_losses(logits, labels)
     if reduction == "token":
         return (losses * valid).sum() / valid.sum().clamp(min=1)
     per_sample = (losses * valid).sum(1) / valid.sum(1).clamp(min=1)
     return per_sample.mean()
+
+
+def answer_loss_sum(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "per_sample") -> tuple[torch.Tensor, int]:
+    """``(sum, count)`` whose ratio is :func:`answer_loss`: per-sample means and samples, or tokens."""
+    losses, valid = _token_losses(logits, labels)
+    if reduction == "token":
+        return (losses * valid).sum(), int(valid.sum())
+    return ((losses * valid).sum(1) / valid.sum(1).clamp(min=1)).sum(), int(labels.shape[0])
+
+
+@dataclass(frozen=True)
+class Checkpointing:
+    """Where and how often :func:`train_supervised` saves step checkpoints (see :mod:`medbench.train_state`)."""
+
+    state_dir: Path
+    every: int = 50
+    run_key: str = ""
 
 
 def train_supervised(
@@ -85,13 +110,30 @@ def train_supervised(
     extra_loss: Callable[[Any, TrainBatch], torch.Tensor] | None = None,
     max_grad_norm: float = 1.0,
     progress: bool = True,
+    checkpoint: Checkpointing | None = None,
 ) -> list[float]:
-    """AdamW + linear warm-up/decay over the trainable parameters; returns the loss curve."""
+    """AdamW + linear warm-up/decay over the trainable parameters; returns the loss curve.
+
+    With ``checkpoint`` the run saves its state every ``checkpoint.every`` steps and at the end, and
+    resumes from the newest complete state of the same run key, step for step. Inside a
+    ``torch.distributed`` process group (torchrun / accelerate launch) it trains data-parallel:
+    each rank takes its slice of every global batch of ``batch_size`` and gradients are summed so
+    that a step equals the single-process step up to float summation order (``extra_loss`` is
+    taken as a mean over the samples it sees). Rank 0 writes the checkpoints. An ``extra_loss`` with
+    running statistics saves and restores them through ``checkpoint_state()`` /
+    ``restore_checkpoint_state(state)`` (JSON).
+    """
+    from medbench import train_state
+    from medbench.ddp import current
+    from medbench.hashing import sha256_obj
+
     model = backbone.model
     device = backbone.device
-    params = [p for p in model.parameters() if p.requires_grad]
+    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    params = list(named.values())
     if not params:
         raise RuntimeError("no trainable parameters")
+    dp = current(device)
     order_rng = random.Random(seed)
     torch.manual_seed(seed)
     steps_per_epoch = max(1, (len(samples) + batch_size - 1) // batch_size)
@@ -101,31 +143,108 @@ def train_supervised(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup)))
     )
-    model.train()
     losses: list[float] = []
     order: list[int] = []
-    bar = tqdm(total=total, desc=desc, disable=not progress, unit="step")
-    for _ in range(total):
+    start = 0
+    key = ""
+    if checkpoint is not None:
+        key = sha256_obj({"run": checkpoint.run_key, "ids": [s.id for s in samples], "epochs": epochs,
+                          "batch_size": batch_size, "lr": lr, "seed": seed, "weight_decay": weight_decay,
+                          "warmup_ratio": warmup_ratio, "ce_reduction": ce_reduction, "clip": max_grad_norm,
+                          "params": {n: list(p.shape) for n, p in named.items()}})
+        state = _resume(checkpoint, key, named, optimizer, scheduler, dp)
+        if state is not None:
+            start, order, losses = state.step, state.order, state.losses
+            order_rng.setstate(state.order_rng)
+            if state.extra is not None and hasattr(extra_loss, "restore_checkpoint_state"):
+                extra_loss.restore_checkpoint_state(state.extra)
+            log.info("resuming %s at step %d of %d", desc, start, total)
+    model.train()
+    bar = tqdm(total=total, initial=start, desc=desc, disable=not progress or not dp.is_main, unit="step")
+    for step in range(start, total):
         if len(order) < batch_size:
             fresh = list(range(len(samples)))
             order_rng.shuffle(fresh)
             order.extend(fresh)
         idx, order = order[:batch_size], order[batch_size:]
-        chunk = [samples[i] for i in idx]
-        batch = training_batch(backbone, chunk, [backbone.load_image(s.image_path) for s in chunk]).to(device)
-        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                    pixel_values=batch.pixel_values, position_ids=batch.position_ids)
-        loss = answer_loss(out.logits, batch.labels, ce_reduction)
-        if extra_loss is not None:
-            loss = loss + extra_loss(out, batch)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if dp.active:
+            loss = _local_step(backbone, params, [samples[i] for i in dp.local(idx)], len(idx), ce_reduction, extra_loss, dp)
+        else:
+            chunk = [samples[i] for i in idx]
+            batch = training_batch(backbone, chunk, [backbone.load_image(s.image_path) for s in chunk]).to(device)
+            out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                        pixel_values=batch.pixel_values, position_ids=batch.position_ids)
+            loss = answer_loss(out.logits, batch.labels, ce_reduction)
+            if extra_loss is not None:
+                loss = loss + extra_loss(out, batch)
+            loss.backward()
+            loss = loss.detach()
         torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
         optimizer.step()
         scheduler.step()
-        losses.append(float(loss.detach()))
+        losses.append(float(loss))
         bar.update(1)
         bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
+        done = step + 1
+        if checkpoint is not None and checkpoint.every > 0 and (done % checkpoint.every == 0 or done == total):
+            _save(checkpoint, key, train_state.TrainState(done, list(order), order_rng.getstate(), list(losses),
+                                                          dp.world_size, _extra_state(extra_loss)),
+                  named, optimizer, scheduler, dp)
     bar.close()
     model.eval()
     return losses
+
+
+def _local_step(backbone: Backbone, params: list[torch.nn.Parameter], chunk: list[Sample], global_n: int,
+                ce_reduction: str, extra_loss: Callable[[Any, TrainBatch], torch.Tensor] | None, dp: Any) -> torch.Tensor:
+    """Forward/backward of this rank's slice, scaled so that summed gradients equal the full batch's."""
+    device = backbone.device
+    total = torch.zeros((), device=device)
+    count = torch.zeros((), device=device)
+    if chunk:
+        batch = training_batch(backbone, chunk, [backbone.load_image(s.image_path) for s in chunk]).to(device)
+        out = backbone.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                             pixel_values=batch.pixel_values, position_ids=batch.position_ids)
+        total, n = answer_loss_sum(out.logits, batch.labels, ce_reduction)
+        count = torch.tensor(float(n), device=device)
+    denom = dp.all_sum(count.clone()) if ce_reduction == "token" else torch.tensor(float(global_n), device=device)
+    loss = total / denom.clamp(min=1)
+    if chunk and extra_loss is not None:
+        loss = loss + extra_loss(out, batch) * (len(chunk) / global_n)
+    if chunk:
+        loss.backward()
+    dp.sync_grads(params)
+    return dp.all_sum(loss.detach().clone())
+
+
+def _resume(checkpoint: Checkpointing, key: str, named: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+            scheduler: Any, dp: Any) -> Any:
+    """Load the newest complete step checkpoint of ``key`` (``None``: start fresh); drop unfinished ones."""
+    from medbench import train_state
+
+    found = train_state.latest(checkpoint.state_dir, key)
+    dp.barrier()  # every rank has chosen before rank 0 removes the others
+    if dp.is_main:
+        train_state.clean_unfinished(checkpoint.state_dir, found)
+    if found is None:
+        return None
+    return train_state.load_checkpoint(found, key, named, optimizer, scheduler, dp.rank)
+
+
+def _extra_state(extra_loss: Any) -> Any:
+    """JSON state of an extra loss with running statistics (``checkpoint_state``), else ``None``."""
+    return extra_loss.checkpoint_state() if hasattr(extra_loss, "checkpoint_state") else None
+
+
+def _save(checkpoint: Checkpointing, key: str, state: Any, named: dict[str, torch.Tensor],
+          optimizer: torch.optim.Optimizer, scheduler: Any, dp: Any) -> None:
+    """Every rank saves its generator states, then rank 0 the rest (``meta.json`` last)."""
+    from medbench import train_state
+
+    folder = train_state.step_dir(checkpoint.state_dir, state.step)
+    folder.mkdir(parents=True, exist_ok=True)
+    train_state.write_rng(folder, dp.rank)
+    dp.barrier()
+    if dp.is_main:
+        train_state.write_checkpoint(checkpoint.state_dir, key, state, named, optimizer, scheduler)

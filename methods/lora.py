@@ -15,10 +15,25 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from medbench.atomic import atomic_write_text
 from medbench.hashing import sha256_obj
 from medbench.method import MethodArgsError, TuningMethod
 
 TARGET_MODULES = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+def training_params(params: Any, exclude: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The parameters a trained adapter depends on (no operational options such as ``checkpoint_every``)."""
+    return {k: v for k, v in asdict(params).items() if k not in TuningMethod.OPERATIONAL | exclude}
+
+
+def checkpointing(method: TuningMethod, backbone: Any, task: Any, out_dir: Path, seed: int) -> Any:
+    """Step checkpoints in ``out_dir/state`` every ``checkpoint_every`` steps, keyed by the fingerprint."""
+    from medbench.train_state import STATE_DIR
+    from medbench.training import Checkpointing
+
+    return Checkpointing(Path(out_dir) / STATE_DIR, method.params.checkpoint_every,
+                         method.fingerprint(backbone, task, seed))
 
 
 def tuning_lr(lr: float | None, backbone: Any) -> float:
@@ -36,8 +51,11 @@ class LoRAParams:
     batch_size: int = 8
     ce_reduction: str = "per_sample"
     train_limit: int | None = None
+    checkpoint_every: int = 50
 
     def validate(self) -> None:
+        if self.checkpoint_every < 0:
+            raise MethodArgsError(f"checkpoint_every must be ≥ 0 (0: no step checkpoints), got {self.checkpoint_every}")
         if self.r < 1:
             raise MethodArgsError(f"r must be ≥ 1, got {self.r}")
         if self.ce_reduction not in ("per_sample", "token"):
@@ -56,7 +74,7 @@ class LoRA(TuningMethod):
 
     def fingerprint(self, backbone: Any, task: Any, seed: int) -> str:
         return sha256_obj({
-            "method": self.name, "params": asdict(self.params), "epochs": self.epochs_for(task),
+            "method": self.name, "params": training_params(self.params), "epochs": self.epochs_for(task),
             "lr": self.lr_for(backbone),
             "backbone": backbone.checkpoint_id, "task": task.name, "task_version": task.version,
             "split": task.train_split, "seed": seed, "template": backbone.template.prompt,
@@ -77,18 +95,23 @@ class LoRA(TuningMethod):
         samples = task.load(task.train_split)
         if self.params.train_limit:
             samples = samples[: self.params.train_limit]
+        from medbench.ddp import is_main_process, world_size
+
+        steps = checkpointing(self, backbone, task, out_dir, seed)
         torch.manual_seed(seed)
         model = get_peft_model(backbone.model, self.peft_config())
         tuned = type(backbone)(model, backbone.processor, backbone.template, checkpoint_id=backbone.checkpoint_id)
         losses = train_supervised(
             tuned, samples, epochs=self.epochs_for(task), batch_size=self.params.batch_size,
             lr=self.lr_for(backbone), seed=seed, desc=f"lora {task.name}", ce_reduction=self.params.ce_reduction,
+            checkpoint=steps,
         )
-        out_dir.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(out_dir)
-        (out_dir / "training.json").write_text(json.dumps(
-            {"losses": losses, "n_samples": len(samples), "params": asdict(self.params),
-             "lr": self.lr_for(backbone)}, indent=1))
+        if is_main_process():
+            out_dir.mkdir(parents=True, exist_ok=True)
+            model.save_pretrained(out_dir)
+            atomic_write_text(out_dir / "training.json", json.dumps(
+                {"losses": losses, "n_samples": len(samples), "params": asdict(self.params),
+                 "lr": self.lr_for(backbone), "world_size": world_size()}, indent=1))
         backbone.model = model.unload() if hasattr(model, "unload") else model.base_model.model
         return out_dir
 

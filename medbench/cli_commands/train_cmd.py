@@ -6,9 +6,16 @@ import argparse
 
 from medbench.cli_commands.common import add_run_flags, build_run_config, formatter
 
-EPILOG = """examples:
+EPILOG = """Training saves a step checkpoint every checkpoint_every steps (a method argument, default 50;
+0 turns it off) in <checkpoint>/state/ and a rerun resumes from it exactly; the state is removed
+once the adapter is complete. Under torchrun or accelerate launch every process trains on its
+slice of each batch (data-parallel) and rank 0 writes the checkpoint.
+
+examples:
   medbench train --method lora --task phantom-vqa
   medbench train --method lora --task phantom-report --method-args epochs=2 lr=1e-4
+  medbench train --method lora --task phantom-vqa --method-args checkpoint_every=10
+  torchrun --nproc-per-node 2 -m medbench train --method lora --task phantom-vqa
 """
 
 
@@ -20,6 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from medbench import distributed as dist
     from medbench.errors import ConfigError
     from medbench.models import load_backbone, resolve_device
     from medbench.registry import METHODS, TASKS
@@ -31,7 +39,17 @@ def main(args: argparse.Namespace) -> int:
     res = resolve_methods(cfg)
     task = TASKS.get(cfg.task)(data_root=cfg.data_root)
     device = resolve_device(cfg.device)
-    backbone = load_backbone(cfg.model, device=device, device_map=cfg.device_map)
-    _, info = prepare_tuning(cfg, res, backbone, task, device)
-    print(f"{res.tuning} checkpoint: {info['checkpoint']}")
+    launched = dist.from_env()
+    if launched.parallel and cfg.device_map:
+        raise ConfigError("--device-map shards one model in one process; do not combine it with data-parallel ranks")
+    if device == "cuda" and launched.parallel:
+        device = f"cuda:{launched.local_rank}"
+    group = dist.init_group(launched)
+    try:
+        backbone = load_backbone(cfg.model, device=device, device_map=cfg.device_map)
+        _, info = prepare_tuning(cfg, res, backbone, task, device)
+    finally:
+        dist.finish_group(group)
+    if launched.is_main:
+        print(f"{res.tuning} checkpoint: {info['checkpoint']}")
     return 0

@@ -20,7 +20,7 @@ from typing import Any
 from medbench.hashing import sha256_obj
 from medbench.method import TuningMethod
 from medbench.methods.a3tune.params import A3TuneParams, Resolved, resolve
-from medbench.methods.lora import tuning_lr
+from medbench.methods.lora import checkpointing, tuning_lr
 
 log = logging.getLogger("medbench")
 
@@ -82,7 +82,7 @@ class A3Tune(TuningMethod):
 
     def fingerprint(self, backbone: Any, task: Any, seed: int) -> str:
         res = self.resolved(backbone, task)
-        inference = {"merge_lora"}
+        inference = {"merge_lora"} | self.OPERATIONAL
         return sha256_obj({
             "method": self.name, "params": {k: v for k, v in dataclasses.asdict(self.params).items() if k not in inference},
             "resolved": dataclasses.asdict(res), "labels": self.label_spec(task, res),
@@ -132,6 +132,7 @@ class A3Tune(TuningMethod):
         from peft import get_peft_model
 
         from medbench.atomic import atomic_write_json
+        from medbench.ddp import is_main_process, main_first
         from medbench.methods.a3tune.capture import heads_by_layer
         from medbench.methods.a3tune.context import A3Hooks, template_suffix
         from medbench.methods.a3tune.moe import RoutingState, install_a3moe, remove_a3moe
@@ -147,8 +148,9 @@ class A3Tune(TuningMethod):
         if p.top_heads is not None and p.top_heads > res.total_heads:
             log.warning("top_heads=%s exceeds the backbone's %d heads; using R=%d", p.top_heads, res.total_heads,
                         res.top_heads)
-        labels = self.build_labels(backbone, task, samples, res) if res.aligns else None
+        labels = main_first(lambda: self.build_labels(backbone, task, samples, res)) if res.aligns else None
         spec = self.moe_spec(res)
+        steps = checkpointing(self, backbone, task, out_dir, seed)
         torch.manual_seed(seed)
         model = get_peft_model(backbone.model, self.peft_config())
         state = RoutingState(collect_balance=p.moe_balance_coef > 0 and p.kmoe)
@@ -173,14 +175,17 @@ class A3Tune(TuningMethod):
                     options={"align_reduce": p.align_reduce, "align_loss": p.align_loss, "align_norm": p.align_norm})
             losses = train_supervised(
                 recorder.backbone, samples, epochs=res.epochs, batch_size=p.batch_size, lr=self.lr_for(backbone), seed=seed,
-                desc=f"a3tune {task.name}", ce_reduction=p.ce_reduction, extra_loss=objective,
+                desc=f"a3tune {task.name}", ce_reduction=p.ce_reduction, extra_loss=objective, checkpoint=steps,
             )
-            save_checkpoint(model, out_dir)
+            if is_main_process():
+                save_checkpoint(model, out_dir)
         finally:
             if hooks is not None:
                 hooks.detach()
             remove_a3moe(model)
             backbone.model = model.unload()
+        if not is_main_process():
+            return out_dir
         record: dict[str, Any] = {"losses": losses, "n_samples": len(samples), "params": dataclasses.asdict(p),
                                   "resolved": dataclasses.asdict(res), "alignment": objective.summary() if objective else None}
         if labels is not None:

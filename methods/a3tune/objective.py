@@ -76,6 +76,14 @@ class AlignObjective:
         self.history: list[dict[str, float]] = []
         self.head_counts: dict[int, int] = {}
 
+    def checkpoint_state(self) -> dict[str, Any]:
+        """The running statistics, JSON-ready, for a training step checkpoint."""
+        return {"history": self.history, "head_counts": [[k, v] for k, v in self.head_counts.items()]}
+
+    def restore_checkpoint_state(self, state: dict[str, Any]) -> None:
+        self.history = [dict(r) for r in state["history"]]
+        self.head_counts = {int(k): int(v) for k, v in state["head_counts"]}
+
     def selected_rows(self, cap: Any) -> torch.Tensor:
         """Rows [B, R, Q, N] of the selected heads: the calibrated set, or per-step top-R by r_lh (Eq. 8)."""
         if self.fixed_heads is not None:
