@@ -44,11 +44,10 @@ class Trainer:
 
 
 def _lora(backbone: Any, task: Any, samples: list[Any]) -> Trainer:
+    import torch
     from peft import get_peft_model
 
     from medbench.methods.lora import LoRA
-    import torch
-
     from medbench.training import answer_loss
 
     torch.manual_seed(0)

@@ -13,7 +13,13 @@ import torch
 from medbench import attention
 from medbench.attention import CaptureRequest, capture
 from medbench.methods.a3tune import A3Tune
-from medbench.methods.a3tune.align import alignment_loss, refined_rows, select_heads, stack_heads, visual_ratio
+from medbench.methods.a3tune.align import (
+    alignment_loss,
+    refined_rows,
+    select_heads,
+    stack_heads,
+    visual_ratio,
+)
 from medbench.methods.a3tune.capture import HeadCapture, heads_by_layer
 from medbench.methods.a3tune.context import A3Hooks, compute_spans, template_suffix
 from medbench.methods.a3tune.objective import AlignObjective, SampleRecorder, label_tensors
