@@ -52,8 +52,8 @@ def head_rows(refs: LayerRefs, batch_idx: torch.Tensor, head_idx: torch.Tensor,
 def image_share(refs: LayerRefs, key_positions: torch.Tensor) -> torch.Tensor:
     """Σ_{c∈V} P_lh[i, c] per head and row [B, H, Q] (Eq. 8's numerator; each row sums to 1).
 
-    exp(logsumexp over image keys − logsumexp over all keys), with query heads grouped onto
-    their key/value head (no GQA repeat) and the mask broadcast over heads.
+    One exp pass of the max-shifted scores, image columns summed over all columns, with query
+    heads grouped onto their key/value head (no GQA repeat) and the mask broadcast over heads.
     """
     query, key = refs.query, refs.key
     b, h, _, d = query.shape
@@ -63,8 +63,9 @@ def image_share(refs: LayerRefs, key_positions: torch.Tensor) -> torch.Tensor:
     scores = scores.view(b, h, q_len, n_keys) * refs.scale
     if refs.mask is not None:
         scores = scores + refs.mask
-    image = torch.gather(scores, 3, key_positions[:, None, None, :].expand(b, h, q_len, key_positions.shape[1]))
-    return torch.exp(torch.logsumexp(image, -1) - torch.logsumexp(scores, -1))
+    weights = scores.sub_(scores.amax(-1, keepdim=True)).exp_()  # scores is this function's own tensor
+    image = torch.gather(weights, 3, key_positions[:, None, None, :].expand(b, h, q_len, key_positions.shape[1]))
+    return image.sum(-1) / weights.sum(-1)
 
 
 @dataclass
