@@ -85,7 +85,8 @@ def current(device: torch.device | str) -> DataParallel:
         return DataParallel()
     group = None
     if torch.device(device).type == "cuda":
-        torch.cuda.set_device(torch.device(device))
+        if torch.device(device).index is not None:
+            torch.cuda.set_device(torch.device(device))
         group = _nccl_group()
     return DataParallel(rank=dist.get_rank(), world_size=dist.get_world_size(), group=group)
 

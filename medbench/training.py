@@ -158,7 +158,8 @@ def train_supervised(
             order_rng.setstate(state.order_rng)
             if state.extra is not None and hasattr(extra_loss, "restore_checkpoint_state"):
                 extra_loss.restore_checkpoint_state(state.extra)
-            log.info("resuming %s at step %d of %d", desc, start, total)
+            if dp.is_main:
+                log.warning("resuming %s at step %d of %d", desc, start, total)
     model.train()
     bar = tqdm(total=total, initial=start, desc=desc, disable=not progress or not dp.is_main, unit="step")
     for step in range(start, total):

@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -153,3 +154,32 @@ def test_torchrun_two_process_a3tune_equals_single(tmp_path):
     one = json.loads((_adapter(tmp_path / "one", "a3tune")[0] / "training.json").read_text())
     two = json.loads((_adapter(tmp_path / "two", "a3tune")[0] / "training.json").read_text())
     assert two["losses"] == pytest.approx(one["losses"], rel=1e-5) and len(one["losses"]) == 2
+
+
+def test_two_process_kill_and_resume_is_bitwise(tmp_path):
+    """SIGKILL a 2-process run (with LoRA dropout) after a checkpoint; the 2-process rerun is bitwise the same."""
+    args = ["train", "--method", "lora", "--task", "phantom-vqa", "--method-args", "train_limit=16", "epochs=1",
+            "batch_size=4", "r=8", "checkpoint_every=1"]
+    _medbench(args, 2, tmp_path / "reference")
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "medbench",
+           "-q", *args, "--output-dir", str(out / "runs"), "--checkpoint-dir", str(out / "ckpt")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    deadline = time.time() + 600
+    while proc.poll() is None and not list(out.glob("ckpt/*/*/*/state/step-00000002/meta.json")):
+        assert time.time() < deadline
+        time.sleep(0.01)
+    landed = proc.poll() is None
+    # the ranks run in their own sessions: SIGKILL them and the launcher (a lost node)
+    for victim in [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]:
+        victim.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert landed, "training finished before the kill"
+    (state,) = out.glob("ckpt/*/*/*/state/step-*")
+    assert {"rng-rank0.json", "rng-rank1.json", "meta.json"} <= {p.name for p in state.iterdir()}
+    step = int(state.name.split("-")[1])
+    assert f"at step {step} of 4" in _medbench(args, 2, out).stderr
+    (ref_dir, ref), (got_dir, got) = _adapter(tmp_path / "reference"), _adapter(out)
+    assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
+    assert (json.loads((got_dir / "training.json").read_text())["losses"]
+            == json.loads((ref_dir / "training.json").read_text())["losses"])

@@ -70,9 +70,10 @@ def _kill_after(cmd: list[str], ckpt: Path, step: int, delay: float) -> bool:
     return landed
 
 
-def _finish(cmd: list[str]) -> None:
+def _finish(cmd: list[str]) -> str:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=ENV)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stderr
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
@@ -88,7 +89,10 @@ def test_sigkill_training_and_resume_is_bitwise_identical(name: str, tmp_path: P
         before = _saved_step(killed)
         landed += _kill_after(_cmd(args, killed), killed, target, rng.uniform(0.0, 0.5))
         assert _saved_step(killed) >= before  # a kill never loses a finished checkpoint
-    _finish(_cmd(args, killed))
+    saved = _saved_step(killed)
+    log = _finish(_cmd(args, killed))
+    if 0 < saved < STEPS:  # the rerun continued from the checkpoint instead of starting over
+        assert f"at step {saved} of {STEPS}" in log, log[-2000:]
     out = _adapter_dir(killed)
     assert out.name == reference.name and (out / "COMPLETE").read_text() == (reference / "COMPLETE").read_text()
     for fname in files:
