@@ -241,7 +241,7 @@ def derive_tolerances(results: dict[str, dict[str, Any]], noise: dict[str, dict[
     for key, res in sorted(results.items()):
         sampling = is_sampling(res)
         rows = {}
-        for metric, value in numeric_metrics(res).items():
+        for metric in numeric_metrics(res):
             det = max(NOISE_FACTOR * pooled.get((res["task"], metric), 0.0), FLOOR)
             row = {"tolerance": det, "rule": "deterministic", "thread_noise": noise.get(key, {}).get(metric)}
             if sampling:

@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import psutil
 import pytest
 import torch
+from killing import kill_when
 from safetensors.torch import load_file
 
 from medbench.ddp import DataParallel
@@ -124,14 +122,7 @@ def test_one_process_checkpoint_resumes_under_two(single, tmp_path):
     out = tmp_path / "resumed"
     cmd = [sys.executable, "-m", "medbench", "-q", "train", "--method", "lora", "--task", "phantom-vqa", *TRAIN,
            "--checkpoint-dir", str(out / "ckpt")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
-    deadline = time.time() + 600
-    while proc.poll() is None and not list(out.glob("ckpt/*/*/*/state/step-00000002/meta.json")):
-        assert time.time() < deadline
-        time.sleep(0.01)
-    landed = proc.poll() is None
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    landed = kill_when(cmd, lambda: bool(list(out.glob("ckpt/*/*/*/state/step-00000002/meta.json"))), ENV)
     assert landed, "training finished before the kill"
     resumed = _medbench(["train", "--method", "lora", "--task", "phantom-vqa", *TRAIN], 2, out)
     assert "resuming with 2 process(es) from a checkpoint of 1" in resumed.stderr
@@ -164,16 +155,9 @@ def test_two_process_kill_and_resume_is_bitwise(tmp_path):
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "medbench",
            "-q", *args, "--output-dir", str(out / "runs"), "--checkpoint-dir", str(out / "ckpt")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
-    deadline = time.time() + 600
-    while proc.poll() is None and not list(out.glob("ckpt/*/*/*/state/step-00000002/meta.json")):
-        assert time.time() < deadline
-        time.sleep(0.01)
-    landed = proc.poll() is None
     # the ranks run in their own sessions: SIGKILL them and the launcher (a lost node)
-    for victim in [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]:
-        victim.send_signal(signal.SIGKILL)
-    proc.wait()
+    landed = kill_when(cmd, lambda: bool(list(out.glob("ckpt/*/*/*/state/step-00000002/meta.json"))), ENV,
+                       tree=True)
     assert landed, "training finished before the kill"
     # the newest complete step (a kill can land while the next step is written or the last pruned)
     state = max(p for p in out.glob("ckpt/*/*/*/state/step-*") if (p / "meta.json").exists())

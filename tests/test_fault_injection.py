@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from killing import kill_when
 
 from medbench.cli import main
 
@@ -45,17 +44,7 @@ def _lines(path: Path) -> int:
 
 def _kill_at(cmd: list[str], watched: Path, target: int) -> bool:
     """Start ``cmd``, SIGKILL it once ``watched`` has ``target`` lines; True if the kill landed."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    deadline = time.time() + 300
-    while proc.poll() is None and _lines(watched) < target and time.time() < deadline:
-        time.sleep(0.02)
-    landed = proc.poll() is None
-    if landed:
-        proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert landed or proc.returncode == 0, proc.stderr.read().decode()[-2000:]
-    return landed
+    return kill_when(cmd, lambda: _lines(watched) >= target, {**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))

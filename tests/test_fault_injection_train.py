@@ -12,14 +12,13 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from killing import kill_when
 from safetensors.torch import load_file
 
 from medbench.train_state import META, STATE_DIR
@@ -57,17 +56,7 @@ def _saved_step(ckpt: Path) -> int:
 
 def _kill_after(cmd: list[str], ckpt: Path, step: int, delay: float) -> bool:
     """Start ``cmd``; once step ``step`` is saved, wait ``delay`` s and SIGKILL it. True if it landed."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV)
-    deadline = time.time() + 300
-    while proc.poll() is None and _saved_step(ckpt) < step and time.time() < deadline:
-        time.sleep(0.01)
-    time.sleep(delay)
-    landed = proc.poll() is None
-    if landed:
-        proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert landed or proc.returncode == 0, proc.stderr.read().decode()[-2000:]
-    return landed
+    return kill_when(cmd, lambda: _saved_step(ckpt) >= step, ENV, delay=delay)
 
 
 def _finish(cmd: list[str]) -> str:

@@ -8,7 +8,6 @@ return only real token ids.
 from __future__ import annotations
 
 import pytest
-import torch
 from decoding_fixtures import SEEDS, encode, shared_backbone
 
 from medbench.registry import METHODS
