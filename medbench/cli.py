@@ -32,6 +32,7 @@ EPILOG = """examples:
   medbench run --method beam --tuning lora --task phantom-vqa
   medbench table --results results/runs
   medbench score results/runs/tiny-med-llava/phantom-vqa/none+greedy
+  medbench baselines check
 """
 
 
