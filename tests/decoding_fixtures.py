@@ -104,3 +104,14 @@ def logits_of(backbone: Backbone, ids: torch.Tensor, mask: torch.Tensor, pixel_v
     with torch.no_grad():
         out = backbone.model(input_ids=ids, attention_mask=mask, position_ids=position, pixel_values=pixel_values)
     return out.logits[:, -1].float()
+
+
+def recording(cls):
+    """A subclass of ``cls`` that keeps every step's branch logits."""
+
+    class Recording(cls):
+        def combine(self, logits, step):
+            self.seen = [*getattr(self, "seen", []), [x.clone() for x in logits]]
+            return super().combine(logits, step)
+
+    return Recording

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from decoding_fixtures import SEEDS, encode, select_rows, shared_backbone
+from decoding_fixtures import SEEDS, encode, recording, select_rows, shared_backbone
 
 from medbench.engine import Branch, StepwiseDecoding, encode_images, image_inputs, joint_prefill
 from medbench.method import MethodArgsError
@@ -26,17 +26,6 @@ def setup():
     backbone = shared_backbone()
     samples, images, batch = encode(backbone, 3)
     return backbone, batch
-
-
-def recording(cls):
-    """A subclass of ``cls`` that keeps every step's branch logits."""
-
-    class Recording(cls):
-        def combine(self, logits, step):
-            self.seen = [*getattr(self, "seen", []), [x.clone() for x in logits]]
-            return super().combine(logits, step)
-
-    return Recording
 
 
 class PlainSampling(StepwiseDecoding):

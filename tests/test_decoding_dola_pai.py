@@ -7,7 +7,7 @@ import types
 
 import pytest
 import torch
-from decoding_fixtures import SEEDS, encode, logits_of, select_rows, shared_backbone
+from decoding_fixtures import SEEDS, encode, logits_of, recording, select_rows, shared_backbone
 
 from medbench.attention import AttentionEdit, eager_rows, edit_attention
 from medbench.engine import joint_prefill, main_branch
@@ -23,15 +23,6 @@ def setup():
     backbone = shared_backbone()
     samples, images, batch = encode(backbone, 3)
     return backbone, samples, images, batch
-
-
-def recording(cls):
-    class Recording(cls):
-        def combine(self, logits, step):
-            self.seen = [*getattr(self, "seen", []), [x.clone() for x in logits]]
-            return super().combine(logits, step)
-
-    return Recording
 
 
 # ---- DoLa --------------------------------------------------------------------------------------
