@@ -174,7 +174,12 @@ def write_marker(out_dir: Path, info: DistInfo, fingerprint: str, n_rows: int) -
 
 
 def init_group(info: DistInfo, env: Mapping[str, str] | None = None) -> bool:
-    """Join a gloo process group when the launcher's environment allows one; ``False`` otherwise."""
+    """Join a gloo process group when the launcher's environment allows one; ``False`` otherwise.
+
+    Under DeepSpeed on GPUs the group also carries NCCL for CUDA tensors (see :mod:`medbench.zero`).
+    """
+    from medbench.zero import process_group_backend
+
     env = os.environ if env is None else env
     if info.source != "env" or not env.get("MASTER_ADDR") or not env.get("MASTER_PORT"):
         return False
@@ -185,7 +190,7 @@ def init_group(info: DistInfo, env: Mapping[str, str] | None = None) -> bool:
     if not dist.is_available():
         return False
     if not dist.is_initialized():
-        dist.init_process_group("gloo", rank=info.rank, world_size=info.world_size,
+        dist.init_process_group(process_group_backend(env), rank=info.rank, world_size=info.world_size,
                                 timeout=datetime.timedelta(seconds=DEFAULT_WAIT_S))
     return True
 

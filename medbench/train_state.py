@@ -3,7 +3,8 @@
 A checkpoint is a folder ``state/step-NNNNNNNN/`` holding ``trainable.safetensors`` (every
 trainable parameter by name), ``optim.pt`` (optimizer and scheduler state dicts, read back with
 ``torch.load(weights_only=True)``), one ``rng-rank{r}.json`` per process (python, torch and CUDA
-generator states) and, written last, ``meta.json`` (step, shuffle-order remainder and generator
+generator states), under DeepSpeed ZeRO one ``optim-rank{r}.pt`` per process (that rank's optimizer
+partition; ``optim.pt`` then holds the scheduler only) and, written last, ``meta.json`` (step, shuffle-order remainder and generator
 state, loss curve, world size, run key, the extra loss's statistics). Every file is written
 atomically; a folder without a readable ``meta.json`` of the same key is an unfinished write and
 is ignored, then removed. After a new checkpoint is complete the older ones are removed, so a kill
@@ -34,6 +35,11 @@ PARAMS = "trainable.safetensors"
 OPTIM = "optim.pt"
 
 
+def partition_file(folder: Path, rank: int) -> Path:
+    """One rank's ZeRO optimizer partition in a step folder."""
+    return Path(folder) / f"optim-rank{rank}.pt"
+
+
 @dataclass
 class TrainState:
     """Everything besides the parameters that a resumed run needs to continue step for step."""
@@ -44,6 +50,7 @@ class TrainState:
     losses: list[float] = field(default_factory=list)
     world_size: int = 1
     extra: Any = None
+    zero_stage: int | None = None
 
 
 def step_dir(root: Path, step: int) -> Path:
@@ -86,11 +93,19 @@ def write_rng(folder: Path, rank: int) -> None:
     atomic_write_json(Path(folder) / f"rng-rank{rank}.json", rng_snapshot())
 
 
+def write_partition(folder: Path, rank: int, partition: dict[str, Any]) -> None:
+    """This rank's ZeRO optimizer partition (tensors and plain values)."""
+    buf = io.BytesIO()
+    torch.save(partition, buf)
+    atomic_write_bytes(partition_file(folder, rank), buf.getvalue())
+
+
 def write_checkpoint(root: Path, key: str, state: TrainState, named: dict[str, torch.Tensor],
-                     optimizer: torch.optim.Optimizer, scheduler: Any) -> Path:
+                     optimizer: torch.optim.Optimizer | None, scheduler: Any) -> Path:
     """Parameters, optimizer/scheduler and ``meta.json`` (last) into a new step folder; prune older ones.
 
-    Call after every rank has written its ``rng-rank{r}.json`` into :func:`step_dir`.
+    Call after every rank has written its ``rng-rank{r}.json`` (and, under ZeRO, its partition with
+    ``optimizer=None`` here) into :func:`step_dir`.
     """
     from safetensors.torch import save
 
@@ -98,11 +113,13 @@ def write_checkpoint(root: Path, key: str, state: TrainState, named: dict[str, t
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(folder / PARAMS, save({k: v.detach().cpu().contiguous() for k, v in named.items()}))
     buf = io.BytesIO()
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, buf)
+    torch.save({"optimizer": None if optimizer is None else optimizer.state_dict(),
+                "scheduler": scheduler.state_dict()}, buf)
     atomic_write_bytes(folder / OPTIM, buf.getvalue())
     atomic_write_json(folder / META, {
         "key": key, "step": state.step, "order": state.order, "order_rng": _py_state(state.order_rng),
         "losses": state.losses, "world_size": state.world_size, "extra": state.extra,
+        "zero_stage": state.zero_stage,
     })
     for old in Path(root).glob("step-*"):
         if old != folder:
@@ -127,14 +144,29 @@ def latest(root: Path, key: str) -> Path | None:
     return None
 
 
-def load_checkpoint(folder: Path, key: str, named: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
-                    scheduler: Any, rank: int) -> TrainState:
-    """Copy the saved parameters into ``named`` and restore optimizer, scheduler and this rank's RNG."""
+def load_checkpoint(folder: Path, key: str, named: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer | None,
+                    scheduler: Any, rank: int, zero: Any = None) -> TrainState:
+    """Copy the saved parameters into ``named`` and restore optimizer, scheduler and this rank's RNG.
+
+    ``zero`` is the run's :class:`medbench.zero.ZeroTrainer` under DeepSpeed (``optimizer`` is then
+    ``None`` and this rank's partition file is loaded into it).
+    """
     from safetensors.torch import load_file
+
+    from medbench.errors import ConfigError
 
     meta = _read_meta(folder, key)
     if meta is None:
         raise ValueError(f"{folder} is not a complete training checkpoint of this run")
+    saved_stage = meta.get("zero_stage")
+    stage = None if zero is None else zero.stage
+    if saved_stage != stage or (stage is not None and meta["world_size"] != _world()):
+        written = "without DeepSpeed" if saved_stage is None else f"under ZeRO stage {saved_stage}"
+        now = "without DeepSpeed" if stage is None else f"under ZeRO stage {stage}"
+        raise ConfigError(
+            f"{folder} was written {written} by {meta['world_size']} process(es); this run trains {now} with "
+            f"{_world()}: a ZeRO optimizer partition resumes only with the same stage and process count. "
+            f"Relaunch that way, or remove {Path(folder).parent} to start the training afresh")
     saved = load_file(str(folder / PARAMS))
     if set(saved) != set(named):
         raise ValueError(f"{folder}: saved parameters do not match the model's trainable parameters")
@@ -142,7 +174,10 @@ def load_checkpoint(folder: Path, key: str, named: dict[str, torch.Tensor], opti
         for name, param in named.items():
             param.copy_(saved[name].to(param.device, param.dtype))
     blob = torch.load(folder / OPTIM, map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(blob["optimizer"])
+    if zero is None:
+        optimizer.load_state_dict(blob["optimizer"])
+    else:
+        zero.load_partition_state(torch.load(partition_file(folder, rank), map_location="cpu", weights_only=True))
     scheduler.load_state_dict(blob["scheduler"])
     rng = folder / f"rng-rank{rank}.json"
     if meta["world_size"] == _world() and rng.exists():
@@ -153,7 +188,7 @@ def load_checkpoint(folder: Path, key: str, named: dict[str, torch.Tensor], opti
         torch.manual_seed(meta["step"] * 1009 + rank)
     return TrainState(step=meta["step"], order=list(meta["order"]), order_rng=_from_py_state(meta["order_rng"]),
                       losses=[float(x) for x in meta["losses"]], world_size=meta["world_size"],
-                      extra=meta.get("extra"))
+                      extra=meta.get("extra"), zero_stage=saved_stage)
 
 
 def _world() -> int:

@@ -119,7 +119,9 @@ def train_supervised(
     ``torch.distributed`` process group (torchrun / accelerate launch) it trains data-parallel:
     each rank takes its slice of every global batch of ``batch_size`` and gradients are summed so
     that a step equals the single-process step up to float summation order (``extra_loss`` is
-    taken as a mean over the samples it sees). Rank 0 writes the checkpoints. An ``extra_loss`` with
+    taken as a mean over the samples it sees). Under ``accelerate launch`` with a DeepSpeed config
+    the model and optimizer go to DeepSpeed ZeRO (:mod:`medbench.zero`) with the same slicing and
+    scaling. Rank 0 writes the checkpoints. An ``extra_loss`` with
     running statistics saves and restores them through ``checkpoint_state()`` /
     ``restore_checkpoint_state(state)`` (JSON).
     """
@@ -139,9 +141,11 @@ def train_supervised(
     steps_per_epoch = max(1, (len(samples) + batch_size - 1) // batch_size)
     total = max(1, int(round(steps_per_epoch * epochs)))
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    zero = _zero_trainer(model, optimizer, batch_size, max_grad_norm, dp)
     warmup = max(1, int(total * warmup_ratio))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup)))
+        optimizer if zero is None else zero.base_optimizer,
+        lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup))),
     )
     losses: list[float] = []
     order: list[int] = []
@@ -152,7 +156,7 @@ def train_supervised(
                           "batch_size": batch_size, "lr": lr, "seed": seed, "weight_decay": weight_decay,
                           "warmup_ratio": warmup_ratio, "ce_reduction": ce_reduction, "clip": max_grad_norm,
                           "params": {n: list(p.shape) for n, p in named.items()}})
-        state = _resume(checkpoint, key, named, optimizer, scheduler, dp)
+        state = _resume(checkpoint, key, named, optimizer, scheduler, dp, zero)
         if state is not None:
             start, order, losses = state.step, state.order, state.losses
             order_rng.setstate(state.order_rng)
@@ -168,10 +172,14 @@ def train_supervised(
             order_rng.shuffle(fresh)
             order.extend(fresh)
         idx, order = order[:batch_size], order[batch_size:]
-        optimizer.zero_grad(set_to_none=True)
-        if dp.active:
+        if zero is not None:
+            loss = _zero_step(backbone, zero, params, [samples[i] for i in dp.local(idx)], len(idx), ce_reduction,
+                              extra_loss, dp)
+        elif dp.active:
+            optimizer.zero_grad(set_to_none=True)
             loss = _local_step(backbone, params, [samples[i] for i in dp.local(idx)], len(idx), ce_reduction, extra_loss, dp)
         else:
+            optimizer.zero_grad(set_to_none=True)
             chunk = [samples[i] for i in idx]
             batch = training_batch(backbone, chunk, [backbone.load_image(s.image_path) for s in chunk]).to(device)
             out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
@@ -181,8 +189,9 @@ def train_supervised(
                 loss = loss + extra_loss(out, batch)
             loss.backward()
             loss = loss.detach()
-        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-        optimizer.step()
+        if zero is None:
+            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+            optimizer.step()
         scheduler.step()
         losses.append(float(loss))
         bar.update(1)
@@ -190,8 +199,9 @@ def train_supervised(
         done = step + 1
         if checkpoint is not None and checkpoint.every > 0 and (done % checkpoint.every == 0 or done == total):
             _save(checkpoint, key, train_state.TrainState(done, list(order), order_rng.getstate(), list(losses),
-                                                          dp.world_size, _extra_state(extra_loss)),
-                  named, optimizer, scheduler, dp)
+                                                          dp.world_size, _extra_state(extra_loss),
+                                                          None if zero is None else zero.stage),
+                  named, optimizer, scheduler, dp, zero)
     bar.close()
     model.eval()
     return losses
@@ -219,8 +229,46 @@ def _local_step(backbone: Backbone, params: list[torch.nn.Parameter], chunk: lis
     return dp.all_sum(loss.detach().clone())
 
 
+def _zero_trainer(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch_size: int,
+                  max_grad_norm: float, dp: Any) -> Any:
+    """The DeepSpeed ZeRO wrapper when the launcher asked for DeepSpeed, else ``None``."""
+    from medbench import zero
+
+    if not zero.requested():
+        return None
+    if batch_size < dp.world_size:
+        from medbench.errors import ConfigError
+
+        raise ConfigError(f"batch_size={batch_size} is smaller than the {dp.world_size} DeepSpeed processes: "
+                          "every rank needs a sample of each batch")
+    return zero.ZeroTrainer.prepare(model, optimizer, micro_batch=-(-batch_size // dp.world_size),
+                                    world_size=dp.world_size, max_grad_norm=max_grad_norm)
+
+
+def _zero_step(backbone: Backbone, zero: Any, params: list[torch.nn.Parameter], chunk: list[Sample], global_n: int,
+               ce_reduction: str, extra_loss: Callable[[Any, TrainBatch], torch.Tensor] | None,
+               dp: Any) -> torch.Tensor:
+    """One DeepSpeed step on this rank's slice; the loss is scaled so DeepSpeed's gradient mean is the batch's.
+
+    Every trainable parameter joins the graph (times zero) so that ZeRO's per-bucket gradient
+    reduction sees the same parameters on every rank, whatever A³MoE's routing used.
+    """
+    batch = training_batch(backbone, chunk, [backbone.load_image(s.image_path) for s in chunk]).to(backbone.device)
+    out = zero.forward(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                       pixel_values=batch.pixel_values, position_ids=batch.position_ids)
+    total, n = answer_loss_sum(out.logits, batch.labels, ce_reduction)
+    count = torch.tensor(float(n), device=total.device)
+    denom = dp.all_sum(count.clone()) if ce_reduction == "token" else torch.tensor(float(global_n), device=total.device)
+    loss = total / denom.clamp(min=1)
+    if extra_loss is not None:
+        loss = loss + extra_loss(out, batch) * (len(chunk) / global_n)
+    loss = loss + 0.0 * sum(p.sum() for p in params)
+    zero.backward_and_step(loss * dp.world_size)
+    return dp.all_sum(loss.detach().clone())
+
+
 def _resume(checkpoint: Checkpointing, key: str, named: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
-            scheduler: Any, dp: Any) -> Any:
+            scheduler: Any, dp: Any, zero: Any = None) -> Any:
     """Load the newest complete step checkpoint of ``key`` (``None``: start fresh); drop unfinished ones."""
     from medbench import train_state
 
@@ -230,7 +278,8 @@ def _resume(checkpoint: Checkpointing, key: str, named: dict[str, torch.Tensor],
         train_state.clean_unfinished(checkpoint.state_dir, found)
     if found is None:
         return None
-    return train_state.load_checkpoint(found, key, named, optimizer, scheduler, dp.rank)
+    return train_state.load_checkpoint(found, key, named, None if zero is not None else optimizer, scheduler,
+                                       dp.rank, zero)
 
 
 def _extra_state(extra_loss: Any) -> Any:
@@ -239,13 +288,16 @@ def _extra_state(extra_loss: Any) -> Any:
 
 
 def _save(checkpoint: Checkpointing, key: str, state: Any, named: dict[str, torch.Tensor],
-          optimizer: torch.optim.Optimizer, scheduler: Any, dp: Any) -> None:
-    """Every rank saves its generator states, then rank 0 the rest (``meta.json`` last)."""
+          optimizer: torch.optim.Optimizer, scheduler: Any, dp: Any, zero: Any = None) -> None:
+    """Every rank saves its generator states (and ZeRO partition), then rank 0 the rest (``meta.json`` last)."""
     from medbench import train_state
 
     folder = train_state.step_dir(checkpoint.state_dir, state.step)
     folder.mkdir(parents=True, exist_ok=True)
     train_state.write_rng(folder, dp.rank)
+    if zero is not None:
+        train_state.write_partition(folder, dp.rank, zero.partition_state())
     dp.barrier()
     if dp.is_main:
-        train_state.write_checkpoint(checkpoint.state_dir, key, state, named, optimizer, scheduler)
+        train_state.write_checkpoint(checkpoint.state_dir, key, state, named, None if zero is not None else optimizer,
+                                     scheduler)

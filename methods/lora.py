@@ -96,6 +96,7 @@ class LoRA(TuningMethod):
         if self.params.train_limit:
             samples = samples[: self.params.train_limit]
         from medbench.ddp import is_main_process, world_size
+        from medbench.zero import requested as deepspeed_requested
 
         steps = checkpointing(self, backbone, task, out_dir, seed)
         torch.manual_seed(seed)
@@ -111,7 +112,8 @@ class LoRA(TuningMethod):
             model.save_pretrained(out_dir)
             atomic_write_text(out_dir / "training.json", json.dumps(
                 {"losses": losses, "n_samples": len(samples), "params": asdict(self.params),
-                 "lr": self.lr_for(backbone), "world_size": world_size()}, indent=1))
+                 "lr": self.lr_for(backbone), "world_size": world_size(), "deepspeed": deepspeed_requested()},
+                indent=1))
         backbone.model = model.unload() if hasattr(model, "unload") else model.base_model.model
         return out_dir
 

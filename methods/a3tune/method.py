@@ -132,13 +132,14 @@ class A3Tune(TuningMethod):
         from peft import get_peft_model
 
         from medbench.atomic import atomic_write_json
-        from medbench.ddp import is_main_process, main_first
+        from medbench.ddp import is_main_process, main_first, world_size
         from medbench.methods.a3tune.capture import heads_by_layer
         from medbench.methods.a3tune.context import A3Hooks, template_suffix
         from medbench.methods.a3tune.moe import RoutingState, install_a3moe, remove_a3moe
         from medbench.methods.a3tune.objective import AlignObjective, SampleRecorder, calibrate_heads
         from medbench.methods.a3tune.quality import token_quality
         from medbench.training import train_supervised
+        from medbench.zero import requested as deepspeed_requested
 
         p = self.params
         samples = task.load(task.train_split)
@@ -187,7 +188,8 @@ class A3Tune(TuningMethod):
         if not is_main_process():
             return out_dir
         record: dict[str, Any] = {"losses": losses, "n_samples": len(samples), "params": dataclasses.asdict(p),
-                                  "resolved": dataclasses.asdict(res), "alignment": objective.summary() if objective else None}
+                                  "resolved": dataclasses.asdict(res), "alignment": objective.summary() if objective else None,
+                                  "world_size": world_size(), "deepspeed": deepspeed_requested()}
         if labels is not None:
             record["labels"] = labels.summary()
             record["weak_label_quality"] = token_quality(labels, samples, backbone.geometry(), p.grid_rule)
