@@ -13,8 +13,10 @@ AdamW's updates are nearly blind.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -134,17 +136,30 @@ def test_one_process_checkpoint_resumes_under_two(single, tmp_path):
     assert record["losses"] == pytest.approx(reference["losses"], rel=1e-5)
 
 
-def test_torchrun_two_process_a3tune_equals_single(tmp_path):
-    args = ["train", "--method", "a3tune", "--task", "phantom-vqa", "--method-args", "train_limit=8", "epochs=1",
-            "batch_size=4", "dropout=0", "r=8", "labels=gt", "lam=0.5"]
-    _medbench(args, 1, tmp_path / "one")
-    _medbench(args, 2, tmp_path / "two")
+A3TUNE = ["train", "--method", "a3tune", "--task", "phantom-vqa", "--method-args", "train_limit=8", "epochs=1",
+          "batch_size=4", "dropout=0", "r=8", "labels=gt", "lam=0.5"]
+
+
+@pytest.fixture(scope="module")
+def a3tune_single(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("a3tune-single")
+    _medbench(A3TUNE, 1, out)
+    return out
+
+
+def _assert_a3tune_matches(one_out: Path, other_out: Path) -> dict:
     for fname in ("adapter_model.safetensors", "a3moe.safetensors"):
-        assert _max_diff(_adapter(tmp_path / "one", "a3tune", fname)[1],
-                         _adapter(tmp_path / "two", "a3tune", fname)[1]) <= ATOL, fname
-    one = json.loads((_adapter(tmp_path / "one", "a3tune")[0] / "training.json").read_text())
-    two = json.loads((_adapter(tmp_path / "two", "a3tune")[0] / "training.json").read_text())
-    assert two["losses"] == pytest.approx(one["losses"], rel=1e-5) and len(one["losses"]) == 2
+        assert _max_diff(_adapter(one_out, "a3tune", fname)[1], _adapter(other_out, "a3tune", fname)[1]) <= ATOL, fname
+    one = json.loads((_adapter(one_out, "a3tune")[0] / "training.json").read_text())
+    other = json.loads((_adapter(other_out, "a3tune")[0] / "training.json").read_text())
+    assert other["losses"] == pytest.approx(one["losses"], rel=1e-5) and len(one["losses"]) == 2
+    assert (one["world_size"], other["world_size"]) == (1, 2)
+    return other
+
+
+def test_torchrun_two_process_a3tune_equals_single(a3tune_single, tmp_path):
+    _medbench(A3TUNE, 2, tmp_path / "two")
+    assert _assert_a3tune_matches(a3tune_single, tmp_path / "two")["deepspeed"] is False
 
 
 def test_two_process_kill_and_resume_is_bitwise(tmp_path):
@@ -168,3 +183,114 @@ def test_two_process_kill_and_resume_is_bitwise(tmp_path):
     assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
     assert (json.loads((got_dir / "training.json").read_text())["losses"]
             == json.loads((ref_dir / "training.json").read_text())["losses"])
+
+
+# --- DeepSpeed ZeRO through accelerate launch (stages 1 and 2, two CPU processes over gloo) ---
+
+needs_deepspeed = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed not installed")
+
+
+def _zero_config(folder: Path, stage: int, nproc: int = 2) -> Path:
+    path = folder / f"zero{stage}.yaml"
+    folder.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"""compute_environment: LOCAL_MACHINE
+distributed_type: DEEPSPEED
+num_processes: {nproc}
+mixed_precision: 'no'
+deepspeed_config:
+  zero_stage: {stage}
+  offload_optimizer_device: none
+  offload_param_device: none
+  gradient_accumulation_steps: 1
+""")
+    return path
+
+
+def _accelerate_cmd(args: list[str], config: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "-m", "medbench", "-q",
+            *args, "--output-dir", str(out / "runs"), "--checkpoint-dir", str(out / "ckpt")]
+
+
+def _accelerate(args: list[str], config: Path, out: Path, ok: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(_accelerate_cmd(args, config, out), capture_output=True, text=True, env=ENV, timeout=900)
+    assert (proc.returncode == 0) == ok, proc.stderr[-3000:]
+    return proc
+
+
+@needs_deepspeed
+def test_zero2_two_process_lora_equals_single(single, tmp_path):
+    """ZeRO-2 shards optimizer state and gradients; the adapter equals the one-process adapter."""
+    _accelerate(["train", "--method", "lora", "--task", "phantom-vqa", *TRAIN], _zero_config(tmp_path, 2), tmp_path)
+    (one_dir, one), (zero_dir, zero) = _adapter(single), _adapter(tmp_path)
+    assert one_dir.name == zero_dir.name  # DeepSpeed is not part of the fingerprint
+    diff = _max_diff(one, zero)
+    print(f"ZeRO-2 2-process vs 1-process LoRA: max |diff| {diff:.3g}")
+    assert diff <= ATOL
+    record = json.loads((zero_dir / "training.json").read_text())
+    assert (record["world_size"], record["deepspeed"]) == (2, True)
+    reference = json.loads((one_dir / "training.json").read_text())
+    assert record["losses"] == pytest.approx(reference["losses"], rel=1e-5)
+    assert not (zero_dir / "state").exists() and (zero_dir / "COMPLETE").exists()
+
+
+@needs_deepspeed
+def test_zero1_two_process_a3tune_equals_single(a3tune_single, tmp_path):
+    """A³MoE's routing leaves experts without gradients on some steps; ZeRO-1 still steps them all alike."""
+    _accelerate(A3TUNE, _zero_config(tmp_path, 1), tmp_path)
+    assert _assert_a3tune_matches(a3tune_single, tmp_path)["deepspeed"] is True
+
+
+@needs_deepspeed
+def test_zero2_kill_and_resume_is_bitwise(tmp_path):
+    """SIGKILL a ZeRO-2 run after a checkpoint: each rank reloads its optimizer partition, bitwise."""
+    args = ["train", "--method", "lora", "--task", "phantom-vqa", "--method-args", "train_limit=32", "epochs=1",
+            "batch_size=4", "r=8", "checkpoint_every=1"]
+    config = _zero_config(tmp_path, 2)
+    _accelerate(args, config, tmp_path / "reference")
+    out = tmp_path / "killed"
+    landed = kill_when(_accelerate_cmd(args, config, out),
+                       lambda: bool(list(out.glob("ckpt/*/*/*/state/step-00000002/meta.json"))), ENV, tree=True)
+    assert landed, "training finished before the kill"
+    state = max(p for p in out.glob("ckpt/*/*/*/state/step-*") if (p / "meta.json").exists())
+    assert {"optim-rank0.pt", "optim-rank1.pt", "rng-rank0.json", "rng-rank1.json"} <= {p.name for p in state.iterdir()}
+    assert json.loads((state / "meta.json").read_text())["zero_stage"] == 2
+    partition = torch.load(state / "optim-rank1.pt", weights_only=True)
+    assert partition["stage"] == 2 and partition["fp32_partitions"]
+    step = int(state.name.split("-")[1])
+    assert f"at step {step} of 8" in _accelerate(args, config, out).stderr
+    (ref_dir, ref), (got_dir, got) = _adapter(tmp_path / "reference"), _adapter(out)
+    assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
+    assert (json.loads((got_dir / "training.json").read_text())["losses"]
+            == json.loads((ref_dir / "training.json").read_text())["losses"])
+
+
+@needs_deepspeed
+def test_zero3_is_refused_with_a_clear_error(tmp_path):
+    proc = _accelerate(["train", "--method", "lora", "--task", "phantom-vqa", *TRAIN],
+                       _zero_config(tmp_path, 3, nproc=1), tmp_path, ok=False)
+    ours, _, launcher = proc.stderr.partition("failed (exitcode: 2)")  # the launcher prints its own traceback
+    assert "medbench: error: DeepSpeed ZeRO stage 3 is not supported" in ours and "Traceback" not in ours
+    assert launcher
+
+
+def test_zero_checkpoint_is_not_resumed_without_deepspeed(tmp_path):
+    """A partitioned optimizer state cannot seed a plain run (or another stage or process count)."""
+    from medbench import train_state
+    from medbench.errors import ConfigError
+
+    param = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.AdamW([param])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    state = train_state.TrainState(step=1, order=[0], order_rng=random.Random(0).getstate(), world_size=2,
+                                   zero_stage=2)
+    folder = train_state.write_checkpoint(tmp_path, "key", state, {"w": param}, None, scheduler)
+    with pytest.raises(ConfigError, match="under ZeRO stage 2 by 2 process"):
+        train_state.load_checkpoint(folder, "key", {"w": param}, optimizer, scheduler, rank=0)
+
+
+def test_deepspeed_is_requested_by_accelerates_environment():
+    from medbench import zero
+
+    assert zero.requested({"ACCELERATE_USE_DEEPSPEED": "true"}) and not zero.requested({})
+    assert not zero.requested({"ACCELERATE_USE_DEEPSPEED": "false"})
+    assert zero.process_group_backend({}) == "gloo"
