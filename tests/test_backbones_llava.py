@@ -180,3 +180,34 @@ def test_bench_decode_with_shape(capsys: pytest.CaptureFixture[str]) -> None:
                "--batch-sizes", "2", "--max-new-tokens", "2", "--device", "cpu", "--json"])
     out = json.loads(capsys.readouterr().out)
     assert rc == 0 and out["model"] == "shape:llava-med-v1.5:tiny" and out["rows"][0]["batch_size"] == 2
+
+
+def test_device_map_auto_loads_dispatched_and_decodes_the_same(hf_v15: Path) -> None:
+    """``--device-map auto`` loads through transformers' device placement (with several GPUs it
+    splits the layers; on a CPU-only machine everything lands on the CPU) and decodes the same."""
+    from medbench.engine import answer_attention
+    from medbench.methods.greedy import Greedy
+    from medbench.models import load_backbone
+
+    plain, mapped = load_backbone(str(hf_v15)), load_backbone(str(hf_v15), device_map="auto")
+    assert {p.device.type for p in mapped.model.parameters()} == {"cpu"}
+    assert mapped.device == torch.device("cpu") and mapped.model.dtype == torch.float32
+    images = [Image.new("RGB", (60, 30), (200, 10, 10)), Image.new("L", (9, 20), 90)]
+    outputs = []
+    for backbone in (plain, mapped):
+        batch = backbone.encode_prompts([sample(), sample("Where?")], images)
+        tokens = Greedy().generate(backbone, batch, [0, 1], 4).tokens
+        outputs.append((tokens, answer_attention(backbone, batch, tokens)))
+    (tok_a, att_a), (tok_b, att_b) = outputs
+    assert tok_a == tok_b and all(len(t) for t in tok_a)
+    assert all(a is not None and np.allclose(a, b) for a, b in zip(att_a, att_b))
+
+
+def test_device_map_is_refused_with_data_parallel_ranks(monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from medbench.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    code = main(["train", "--method", "lora", "--task", "phantom-vqa", "--device-map", "auto"])
+    assert code == 2 and "do not combine it with data-parallel ranks" in capsys.readouterr().err
