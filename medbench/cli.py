@@ -64,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "urllib3", "transformers", "peft"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    if args.quiet:
+        from medbench.console import disable_progress_bars
+
+        disable_progress_bars()
     try:
         return int(args.func(args) or 0)
     except UnknownNameError as exc:

@@ -126,6 +126,7 @@ def train_supervised(
     ``restore_checkpoint_state(state)`` (JSON).
     """
     from medbench import train_state
+    from medbench.console import progress_bars_enabled
     from medbench.ddp import current
     from medbench.hashing import sha256_obj
 
@@ -165,7 +166,8 @@ def train_supervised(
             if dp.is_main:
                 log.warning("resuming %s at step %d of %d", desc, start, total)
     model.train()
-    bar = tqdm(total=total, initial=start, desc=desc, disable=not progress or not dp.is_main, unit="step")
+    bar = tqdm(total=total, initial=start, desc=desc, unit="step",
+               disable=not (progress and dp.is_main and progress_bars_enabled()))
     for step in range(start, total):
         if len(order) < batch_size:
             fresh = list(range(len(samples)))
