@@ -9,13 +9,16 @@ from medbench.cli_commands.common import add_run_flags, build_run_config, format
 EPILOG = """Training saves a step checkpoint every checkpoint_every steps (a method argument, default 50;
 0 turns it off) in <checkpoint>/state/ and a rerun resumes from it exactly; the state is removed
 once the adapter is complete. Under torchrun or accelerate launch every process trains on its
-slice of each batch (data-parallel) and rank 0 writes the checkpoint.
+slice of each batch (data-parallel) and rank 0 writes the checkpoint. With an accelerate config
+whose distributed_type is DEEPSPEED (ZeRO stage 1 or 2; needs deepspeed installed) the optimizer
+state is sharded and each rank saves its own partition; see the README, "Multi-GPU training".
 
 examples:
   medbench train --method lora --task phantom-vqa
   medbench train --method lora --task phantom-report --method-args epochs=2 lr=1e-4
   medbench train --method lora --task phantom-vqa --method-args checkpoint_every=10
   torchrun --nproc-per-node 2 -m medbench train --method lora --task phantom-vqa
+  accelerate launch --config_file zero2.yaml -m medbench train --method a3tune --task slake --data-root DIR
 """
 
 
