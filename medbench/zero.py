@@ -52,6 +52,26 @@ def _set(config: dict[str, Any], key: str, value: Any) -> None:
     config[key] = value
 
 
+def launched_stage() -> int:
+    """The ZeRO stage the launcher's DeepSpeed config asks for; refuses what medbench cannot train with."""
+    try:
+        import deepspeed  # noqa: F401
+    except ImportError:
+        raise ConfigError("accelerate launch asked for DeepSpeed but deepspeed is not installed (see the README, "
+                          "\"Multi-GPU training\", for the install command)") from None
+    from accelerate.utils import DeepSpeedPlugin
+
+    plugin = DeepSpeedPlugin()  # reads the launcher's environment, as Accelerator() will
+    stage = int(plugin.deepspeed_config.get("zero_optimization", {}).get("stage", plugin.zero_stage))
+    if stage not in SUPPORTED_STAGES:
+        raise ConfigError(
+            f"DeepSpeed ZeRO stage {stage} is not supported: medbench trains with stages 1 and 2 (optimizer "
+            "state and gradients sharded; the frozen backbone stays whole on every rank). For a backbone "
+            "that does not fit one GPU, evaluate with --device-map auto; for plain data parallelism use "
+            "torchrun or accelerate launch without a DeepSpeed config")
+    return stage
+
+
 @dataclass
 class ZeroTrainer:
     """A model and optimizer handed to accelerate/DeepSpeed; forward, backward+step, partition state."""
@@ -64,25 +84,11 @@ class ZeroTrainer:
     def prepare(cls, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, micro_batch: int,
                 world_size: int, max_grad_norm: float) -> ZeroTrainer:
         """Wrap ``model``/``optimizer`` (ZeRO stage from the launcher's config; 1 or 2)."""
-        try:
-            from accelerate import Accelerator
-        except ImportError as exc:  # pragma: no cover - accelerate is a core dependency
-            raise ConfigError("DeepSpeed training needs accelerate") from exc
-        try:
-            import deepspeed  # noqa: F401
-        except ImportError:
-            raise ConfigError("accelerate launch asked for DeepSpeed but deepspeed is not installed "
-                              "(pip install deepspeed)") from None
+        from accelerate import Accelerator
+
+        stage = launched_stage()
         accelerator = Accelerator()
-        plugin = accelerator.state.deepspeed_plugin
-        config = plugin.deepspeed_config
-        stage = int(config.get("zero_optimization", {}).get("stage", plugin.zero_stage))
-        if stage not in SUPPORTED_STAGES:
-            raise ConfigError(
-                f"DeepSpeed ZeRO stage {stage} is not supported: medbench trains with stages 1 and 2 (optimizer "
-                "state and gradients sharded; the frozen backbone stays whole on every rank). For a backbone "
-                "that does not fit one GPU, evaluate with --device-map auto; for plain data parallelism use "
-                "torchrun or accelerate launch without a DeepSpeed config")
+        config = accelerator.state.deepspeed_plugin.deepspeed_config
         _set(config, "train_micro_batch_size_per_gpu", micro_batch)
         _set(config, "train_batch_size", micro_batch * world_size)
         _set(config, "gradient_accumulation_steps", 1)
