@@ -301,3 +301,17 @@ def test_deepspeed_is_requested_by_accelerates_environment():
     assert zero.requested({"ACCELERATE_USE_DEEPSPEED": "true"}) and not zero.requested({})
     assert not zero.requested({"ACCELERATE_USE_DEEPSPEED": "false"})
     assert zero.process_group_backend({}) == "gloo"
+
+
+def test_deepspeed_config_takes_medbench_hyperparameters(caplog):
+    """``auto`` or equal values are filled silently; a different value in the user's file is replaced, loudly."""
+    from medbench.zero import _set
+
+    config = {"gradient_clipping": 0.5, "gradient_accumulation_steps": "auto", "train_batch_size": 8}
+    with caplog.at_level("WARNING", logger="medbench"):
+        _set(config, "gradient_accumulation_steps", 1)
+        _set(config, "train_batch_size", 8)
+        assert not caplog.records
+        _set(config, "gradient_clipping", 1.0)
+    assert config == {"gradient_clipping": 1.0, "gradient_accumulation_steps": 1, "train_batch_size": 8}
+    assert "gradient_clipping=0.5 replaced by medbench's 1.0" in caplog.text
