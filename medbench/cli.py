@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import sys
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from medbench.console import progress_bars_disabled
     from medbench.registry import UnknownNameError
 
     parser = build_parser()
@@ -64,12 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "urllib3", "transformers", "peft"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
-    if args.quiet:
-        from medbench.console import disable_progress_bars
-
-        disable_progress_bars()
     try:
-        return int(args.func(args) or 0)
+        with progress_bars_disabled() if args.quiet else contextlib.nullcontext():
+            return int(args.func(args) or 0)
     except UnknownNameError as exc:
         print(f"medbench: error: {exc}", file=sys.stderr)
         return 2

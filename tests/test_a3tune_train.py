@@ -103,13 +103,17 @@ TINY_WEIGHTS = Path(__file__).resolve().parent.parent / "medbench" / "assets" / 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not TINY_WEIGHTS.exists(), reason="the shipped tiny-med-llava checkpoint is not built yet")
-def test_end_to_end_cli_run(tmp_path):
+def test_end_to_end_cli_run(tmp_path, capsys):
     from medbench.cli import main
+    from medbench.console import progress_bars_enabled
 
     args = ["-q", "run", "--method", "a3tune", "--task", "phantom-vqa", "--limit", "8", "--output-dir",
             str(tmp_path / "runs"), "--checkpoint-dir", str(tmp_path / "ckpt"), "--method-args", "train_limit=16",
             "epochs=1", "labels=gt", "batch_size=4"]
     assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "step/s" not in err and "sample/s" not in err  # -q: no training or decoding bars
+    assert progress_bars_enabled()  # -q lasts for the command only
     results = list((tmp_path / "runs").rglob("results.json"))
     assert len(results) == 1
     record = json.loads(results[0].read_text())

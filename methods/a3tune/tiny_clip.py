@@ -23,6 +23,8 @@ from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
+from medbench.console import progress_bars_enabled
+
 CROP = 32
 VERSION = 2
 
@@ -125,7 +127,7 @@ def train_tiny_clip(pairs: list[tuple[Image.Image, str]], negatives: list[Image.
     texts = [t for _, t in pairs]
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     model.train()
-    for _ in tqdm(range(steps), desc="clip_small", disable=not progress, unit="step"):
+    for _ in tqdm(range(steps), desc="clip_small", disable=not (progress and progress_bars_enabled()), unit="step"):
         idx = rng.choice(len(pairs), size=min(batch_size, len(pairs)), replace=False)
         pix = pos_pixels[idx]
         if len(neg_pixels):

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from medbench.console import progress_bars_enabled
 from medbench.hashing import sha256_file, sha256_obj, sha256_text
 from medbench.methods.a3tune import segmenters as seg
 from medbench.methods.a3tune.tiny_clip import crop_segment
@@ -103,7 +104,8 @@ class WeakLabeler:
         path = self.scores_path(task_name, split)
         rows = read_rows(path)
         todo = [s for s in samples if not self.is_current(rows.get(s.id), task_name, s)]
-        bar = tqdm(total=len(todo), desc=f"weak labels {task_name}/{split}", unit="sample", disable=not self.progress)
+        bar = tqdm(total=len(todo), desc=f"weak labels {task_name}/{split}", unit="sample",
+                   disable=not (self.progress and progress_bars_enabled()))
         for n, sample in enumerate(todo, 1):
             rows[sample.id] = self.score_one(task_name, sample)
             bar.update(1)
