@@ -3,9 +3,10 @@
 A checkpoint is a folder ``state/step-NNNNNNNN/`` holding ``trainable.safetensors`` (every
 trainable parameter by name), ``optim.pt`` (optimizer and scheduler state dicts, read back with
 ``torch.load(weights_only=True)``), one ``rng-rank{r}.json`` per process (python, torch and CUDA
-generator states), under DeepSpeed ZeRO one ``optim-rank{r}.pt`` per process (that rank's optimizer
-partition; ``optim.pt`` then holds the scheduler only) and, written last, ``meta.json`` (step, shuffle-order remainder and generator
-state, loss curve, world size, run key, the extra loss's statistics). Every file is written
+generator states), under DeepSpeed ZeRO one ``optim-rank{r}.pt`` per process (that rank's
+optimizer partition; ``optim.pt`` then holds the scheduler only) and, written last, ``meta.json``
+(step, shuffle-order remainder and generator state, loss curve, world size, run key, the extra
+loss's statistics, the ZeRO stage). Every file is written
 atomically; a folder without a readable ``meta.json`` of the same key is an unfinished write and
 is ignored, then removed. After a new checkpoint is complete the older ones are removed, so a kill
 at any point leaves either the previous or the new checkpoint intact.
@@ -101,11 +102,11 @@ def write_partition(folder: Path, rank: int, partition: dict[str, Any]) -> None:
 
 
 def write_checkpoint(root: Path, key: str, state: TrainState, named: dict[str, torch.Tensor],
-                     optimizer: torch.optim.Optimizer | None, scheduler: Any) -> Path:
+                     optimizer: torch.optim.Optimizer, scheduler: Any) -> Path:
     """Parameters, optimizer/scheduler and ``meta.json`` (last) into a new step folder; prune older ones.
 
-    Call after every rank has written its ``rng-rank{r}.json`` (and, under ZeRO, its partition with
-    ``optimizer=None`` here) into :func:`step_dir`.
+    Call after every rank has written its ``rng-rank{r}.json`` (and, under ZeRO — ``state.zero_stage``
+    set — its optimizer partition, so ``optim.pt`` holds the scheduler only) into :func:`step_dir`.
     """
     from safetensors.torch import save
 
@@ -113,7 +114,7 @@ def write_checkpoint(root: Path, key: str, state: TrainState, named: dict[str, t
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(folder / PARAMS, save({k: v.detach().cpu().contiguous() for k, v in named.items()}))
     buf = io.BytesIO()
-    torch.save({"optimizer": None if optimizer is None else optimizer.state_dict(),
+    torch.save({"optimizer": optimizer.state_dict() if state.zero_stage is None else None,
                 "scheduler": scheduler.state_dict()}, buf)
     atomic_write_bytes(folder / OPTIM, buf.getvalue())
     atomic_write_json(folder / META, {
@@ -144,12 +145,12 @@ def latest(root: Path, key: str) -> Path | None:
     return None
 
 
-def load_checkpoint(folder: Path, key: str, named: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer | None,
+def load_checkpoint(folder: Path, key: str, named: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
                     scheduler: Any, rank: int, zero: Any = None) -> TrainState:
     """Copy the saved parameters into ``named`` and restore optimizer, scheduler and this rank's RNG.
 
-    ``zero`` is the run's :class:`medbench.zero.ZeroTrainer` under DeepSpeed (``optimizer`` is then
-    ``None`` and this rank's partition file is loaded into it).
+    ``zero`` is the run's :class:`medbench.zero.ZeroTrainer` under DeepSpeed: this rank's partition
+    file is loaded into it instead of ``optimizer``.
     """
     from safetensors.torch import load_file
 

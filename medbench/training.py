@@ -177,21 +177,21 @@ def train_supervised(
         if zero is not None:
             loss = _zero_step(backbone, zero, params, [samples[i] for i in dp.local(idx)], len(idx), ce_reduction,
                               extra_loss, dp)
-        elif dp.active:
-            optimizer.zero_grad(set_to_none=True)
-            loss = _local_step(backbone, params, [samples[i] for i in dp.local(idx)], len(idx), ce_reduction, extra_loss, dp)
         else:
             optimizer.zero_grad(set_to_none=True)
-            chunk = [samples[i] for i in idx]
-            batch = training_batch(backbone, chunk, [backbone.load_image(s.image_path) for s in chunk]).to(device)
-            out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                        pixel_values=batch.pixel_values, position_ids=batch.position_ids)
-            loss = answer_loss(out.logits, batch.labels, ce_reduction)
-            if extra_loss is not None:
-                loss = loss + extra_loss(out, batch)
-            loss.backward()
-            loss = loss.detach()
-        if zero is None:
+            if dp.active:
+                loss = _local_step(backbone, params, [samples[i] for i in dp.local(idx)], len(idx), ce_reduction,
+                                   extra_loss, dp)
+            else:
+                chunk = [samples[i] for i in idx]
+                batch = training_batch(backbone, chunk, [backbone.load_image(s.image_path) for s in chunk]).to(device)
+                out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                            pixel_values=batch.pixel_values, position_ids=batch.position_ids)
+                loss = answer_loss(out.logits, batch.labels, ce_reduction)
+                if extra_loss is not None:
+                    loss = loss + extra_loss(out, batch)
+                loss.backward()
+                loss = loss.detach()
             torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
             optimizer.step()
         scheduler.step()
@@ -209,22 +209,30 @@ def train_supervised(
     return losses
 
 
-def _local_step(backbone: Backbone, params: list[torch.nn.Parameter], chunk: list[Sample], global_n: int,
-                ce_reduction: str, extra_loss: Callable[[Any, TrainBatch], torch.Tensor] | None, dp: Any) -> torch.Tensor:
-    """Forward/backward of this rank's slice, scaled so that summed gradients equal the full batch's."""
+def _slice_loss(backbone: Backbone, forward: Callable[..., Any], chunk: list[Sample], global_n: int,
+                ce_reduction: str, extra_loss: Callable[[Any, TrainBatch], torch.Tensor] | None,
+                dp: Any) -> torch.Tensor:
+    """This rank's share of the global batch loss: summed over ranks it is the one-process loss."""
     device = backbone.device
     total = torch.zeros((), device=device)
     count = torch.zeros((), device=device)
     if chunk:
         batch = training_batch(backbone, chunk, [backbone.load_image(s.image_path) for s in chunk]).to(device)
-        out = backbone.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                             pixel_values=batch.pixel_values, position_ids=batch.position_ids)
+        out = forward(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                      pixel_values=batch.pixel_values, position_ids=batch.position_ids)
         total, n = answer_loss_sum(out.logits, batch.labels, ce_reduction)
         count = torch.tensor(float(n), device=device)
     denom = dp.all_sum(count.clone()) if ce_reduction == "token" else torch.tensor(float(global_n), device=device)
     loss = total / denom.clamp(min=1)
     if chunk and extra_loss is not None:
         loss = loss + extra_loss(out, batch) * (len(chunk) / global_n)
+    return loss
+
+
+def _local_step(backbone: Backbone, params: list[torch.nn.Parameter], chunk: list[Sample], global_n: int,
+                ce_reduction: str, extra_loss: Callable[[Any, TrainBatch], torch.Tensor] | None, dp: Any) -> torch.Tensor:
+    """Forward/backward of this rank's slice, scaled so that summed gradients equal the full batch's."""
+    loss = _slice_loss(backbone, backbone.model, chunk, global_n, ce_reduction, extra_loss, dp)
     if chunk:
         loss.backward()
     dp.sync_grads(params)
@@ -255,15 +263,7 @@ def _zero_step(backbone: Backbone, zero: Any, params: list[torch.nn.Parameter], 
     Every trainable parameter joins the graph (times zero) so that ZeRO's per-bucket gradient
     reduction sees the same parameters on every rank, whatever A³MoE's routing used.
     """
-    batch = training_batch(backbone, chunk, [backbone.load_image(s.image_path) for s in chunk]).to(backbone.device)
-    out = zero.forward(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                       pixel_values=batch.pixel_values, position_ids=batch.position_ids)
-    total, n = answer_loss_sum(out.logits, batch.labels, ce_reduction)
-    count = torch.tensor(float(n), device=total.device)
-    denom = dp.all_sum(count.clone()) if ce_reduction == "token" else torch.tensor(float(global_n), device=total.device)
-    loss = total / denom.clamp(min=1)
-    if extra_loss is not None:
-        loss = loss + extra_loss(out, batch) * (len(chunk) / global_n)
+    loss = _slice_loss(backbone, zero.forward, chunk, global_n, ce_reduction, extra_loss, dp)
     loss = loss + 0.0 * sum(p.sum() for p in params)
     zero.backward_and_step(loss * dp.world_size)
     return dp.all_sum(loss.detach().clone())
@@ -280,8 +280,7 @@ def _resume(checkpoint: Checkpointing, key: str, named: dict[str, torch.Tensor],
         train_state.clean_unfinished(checkpoint.state_dir, found)
     if found is None:
         return None
-    return train_state.load_checkpoint(found, key, named, None if zero is not None else optimizer, scheduler,
-                                       dp.rank, zero)
+    return train_state.load_checkpoint(found, key, named, optimizer, scheduler, dp.rank, zero)
 
 
 def _extra_state(extra_loss: Any) -> Any:
@@ -301,5 +300,4 @@ def _save(checkpoint: Checkpointing, key: str, state: Any, named: dict[str, torc
         train_state.write_partition(folder, dp.rank, zero.partition_state())
     dp.barrier()
     if dp.is_main:
-        train_state.write_checkpoint(checkpoint.state_dir, key, state, named, None if zero is not None else optimizer,
-                                     scheduler)
+        train_state.write_checkpoint(checkpoint.state_dir, key, state, named, optimizer, scheduler)

@@ -290,7 +290,7 @@ def test_zero_checkpoint_is_not_resumed_without_deepspeed(tmp_path):
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     state = train_state.TrainState(step=1, order=[0], order_rng=random.Random(0).getstate(), world_size=2,
                                    zero_stage=2)
-    folder = train_state.write_checkpoint(tmp_path, "key", state, {"w": param}, None, scheduler)
+    folder = train_state.write_checkpoint(tmp_path, "key", state, {"w": param}, optimizer, scheduler)
     with pytest.raises(ConfigError, match="under ZeRO stage 2 by 2 process"):
         train_state.load_checkpoint(folder, "key", {"w": param}, optimizer, scheduler, rank=0)
 
