@@ -141,8 +141,10 @@ def score_report(rows: list[dict[str, Any]], seed: int, bertscore_model: str | N
                  clinical_python: str | None = None, *, bertscore_baseline: str | None = None,
                  bertscore_device: str | None = None, models_root: str | None = None,
                  clinical_metrics: tuple[str, ...] | None = None,
-                 medheval: bool = False, task_name: str | None = None) -> tuple[dict, dict, dict, dict]:
-    """Lexical ``coco`` metrics plus the configured optional families (BERTScore, clinical, medheval).
+                 medheval: bool = False,
+                 task_families: Mapping[str, Callable[[int], Any]] | None = None) -> tuple[dict, dict, dict, dict]:
+    """Lexical ``coco`` metrics plus the configured optional families (BERTScore, clinical, medheval)
+    and the task's own (``task_families``: name → factory(seed), e.g. phantom's Finding-F1).
 
     A family that cannot run leaves the others intact; its reason goes to ``counts["unavailable"]``
     and each family's protocol/version record to ``counts["metric_details"]`` (both dicts, which
@@ -184,10 +186,8 @@ def score_report(rows: list[dict[str, Any]], seed: int, bertscore_model: str | N
         from medbench.metrics.medheval import MedHEvalReportMetrics
 
         _add_family("medheval", lambda: MedHEvalReportMetrics(seed=seed), rows, out, unavailable, details)
-    if (task_name or "").startswith("phantom-report"):
-        from medbench.metrics.phantom_findings import FindingF1
-
-        _add_family("phantom_findings", lambda: FindingF1(seed=seed), rows, out, unavailable, details, (Exception,))
+    for family, factory in (task_families or {}).items():
+        _add_family(family, lambda f=factory: f(seed), rows, out, unavailable, details, (Exception,))
     counts["unavailable"] = unavailable
     counts["metric_details"] = details
     return out
@@ -239,9 +239,9 @@ def score_run(run_dir: str | Path, *, samples: list[Sample] | None = None, task:
     run_info = json.loads((run_dir / "run.json").read_text())
     config = run_info["config"]
     if task is None:
-        from medbench.registry import TASKS
+        from medbench.task import open_task
 
-        task = TASKS.get(config["task"])(data_root=config.get("data_root"))
+        task = open_task(config["task"], config.get("data_root"), run_info.get("task_version"))
     if samples is None:
         samples = select_samples(task, config.get("limit"))
     header, raw_rows = read_rows(run_dir / "predictions.jsonl")
@@ -258,7 +258,7 @@ def score_run(run_dir: str | Path, *, samples: list[Sample] | None = None, task:
     seed = int(config.get("seed", 0))
     if task.kind == "report":
         opts = dataclasses.asdict(report_options or ReportOptions())
-        metrics, cis, per_sample, counts = score_report(rows, seed, task_name=task.name, **opts)
+        metrics, cis, per_sample, counts = score_report(rows, seed, task_families=task.metric_families(), **opts)
     elif task.metric_protocol == "mc@difflib":
         metrics, cis, per_sample, counts = score_mc(rows, planned, seed)
     else:

@@ -195,22 +195,26 @@ def _verdict(sample: Sample, prediction: str) -> str:
     return "tab:green" if rule(prediction, sample.answer) else "tab:red"
 
 
-def _finding_score(task_name: str, sample: Sample, prediction: str) -> str:
-    """`` [finding F1 x.xx]`` for phantom reports, else empty."""
-    if not task_name.startswith("phantom-report") or not prediction.strip():
+def _task_scores(task: Any, sample: Sample, prediction: str) -> str:
+    """`` [finding_f1 x.xx]`` for each per-sample metric the task declares (phantom reports), else empty."""
+    if not prediction.strip():
         return ""
-    from medbench.metrics.phantom_findings import finding_f1, label_report
-
-    return f" [finding F1 {finding_f1(label_report(sample.answer), label_report(prediction)):.2f}]"
+    row = {"id": sample.id, "answer": sample.answer, "prediction": prediction}
+    parts = []
+    for factory in task.metric_families().values():
+        for name, result in factory(0).compute([row]).items():
+            if result.value is not None:
+                parts.append(f" [{name} {result.value:.2f}]")
+    return "".join(parts)
 
 
 def _caption(sample: Sample, titles: list[str], rows: list[dict[str, Any]], width: int,
-             task_name: str = "") -> list[tuple[str, str]]:
+             task: Any = None) -> list[tuple[str, str]]:
     """Wrapped caption lines with their colours."""
     entries = [(f"Q: {sample.question}", "black"), (f"A: {sample.answer}", "black")]
     for title, row in zip(titles, rows):
         prediction = str(row.get("prediction") or "")
-        text = f"{title}: {prediction or '(empty)'}{_finding_score(task_name, sample, prediction)}"
+        text = f"{title}: {prediction or '(empty)'}{_task_scores(task, sample, prediction) if task else ''}"
         entries.append((text, _verdict(sample, prediction)))
     lines: list[tuple[str, str]] = []
     for text, colour in entries:
@@ -308,9 +312,10 @@ def show(run_dirs: Sequence[str | Path], sample_id: str, output: str | Path | No
     if len(names) != 1:
         raise ShowError(f"the runs are of different tasks ({', '.join(sorted(map(str, names)))})")
     if task is None:
-        from medbench.registry import TASKS
+        from medbench.task import open_task
 
-        task = TASKS.get(runs[0].config["task"])(data_root=runs[0].config.get("data_root"))
+        run_info = json.loads((runs[0].run_dir / "run.json").read_text(encoding="utf-8"))
+        task = open_task(runs[0].config["task"], runs[0].config.get("data_root"), run_info.get("task_version"))
     sample = _find_sample(task, sample_id, runs[0].config.get("limit"))
     rows = [_row(r, sample_id) for r in runs]
     frames: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
@@ -328,7 +333,7 @@ def show(run_dirs: Sequence[str | Path], sample_id: str, output: str | Path | No
     maps = [(t, *frames[json.dumps(r.geometry, sort_keys=True)], _attention(row))
             for t, r, row in zip(titles, runs, rows)]
     ncols = len(head) + len(maps)
-    caption = _caption(sample, titles, rows, int(ncols * PANEL_IN * 72 / (9 * 0.6)), str(task.name))
+    caption = _caption(sample, titles, rows, int(ncols * PANEL_IN * 72 / (9 * 0.6)), task)
     path = Path(output) if output else runs[0].run_dir / "show" / f"{sample_id.replace('/', '_')}.png"
     _render(path, head, weak, maps, caption, dpi)
     with Image.open(path) as im:

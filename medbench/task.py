@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from medbench.types import Sample, Skip
 
@@ -44,5 +45,28 @@ class Task(ABC):
     def load(self, split: str) -> list[Sample]:
         """Every valid sample of ``split`` in a stable order (sorted by id)."""
 
+    def metric_families(self) -> dict[str, Callable[[int], Any]]:
+        """Task-specific metric families scored beside the protocol's: name → factory(seed) → Metric."""
+        return {}
+
     def skip(self, record_id: str, reason: str) -> None:
         self.skipped.append(Skip(str(record_id), reason))
+
+
+def open_task(name: str, data_root: str | os.PathLike | None = None, version: str | None = None) -> Task:
+    """Task ``name`` at ``version`` (a result file's ``task_version``; None: the current one).
+
+    A task whose generator keeps older versions (``versions`` class attribute) is built at the
+    requested one; any other version mismatch is a clear error rather than silently scoring a run
+    against different data.
+    """
+    from medbench.registry import TASKS
+
+    cls = TASKS.get(name)
+    if version is None or str(version) == str(cls.version):
+        return cls(data_root=data_root)
+    available = tuple(getattr(cls, "versions", (cls.version,)))
+    if str(version) not in available:
+        raise ValueError(f"{name} version {version} is not available in this medbench "
+                         f"(available: {', '.join(available)})")
+    return cls(data_root=data_root, version=str(version))

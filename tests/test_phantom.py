@@ -13,15 +13,19 @@ from PIL import Image
 
 from medbench.hashing import sha256_file
 from medbench.tasks import phantom
-from medbench.tasks.phantom import REPORT_PROMPTS, PhantomReport, PhantomVQA, make_questions
-from medbench.tasks.phantom_draw import MODALITIES, SIZE, generate_image, sample_findings
+from medbench.tasks.phantom import REPORT_PROMPTS, PhantomReport, PhantomVQA
+from medbench.tasks.phantom.common import stream_rng
+from medbench.tasks.phantom.draw import MODALITIES, SIZE
+from medbench.tasks.phantom.v3 import render
+from medbench.tasks.phantom.v3.anatomy import generate_image, sample_findings
+from medbench.tasks.phantom.v3.text import NAMES, make_questions
 from medbench.types import AnswerType
 
 TINY = {"pretrain": 2, "train": 3, "test": 12}
 VOCAB = {
     "ct", "mri", "x-ray", "axial", "coronal", "yes", "no", "cyst", "tumor", "nodule", "opacity",
-    "effusion", "liver", "spleen", "kidney", "left", "right", "upper", "lower", "small", "large",
-    "bright", "dark", "normal", "enlarged", "1", "2", "3",
+    "effusion", "liver", "spleen", "left kidney", "right kidney", "left", "right", "upper", "lower",
+    "frontal", "occipital", "parietal", "temporal", "small", "large", "bright", "dark", "1", "2",
 }  # fmt: skip
 
 
@@ -54,7 +58,7 @@ def test_counts_ids_and_fields(cache: Path) -> None:
     vqa, report = PhantomVQA(n_images=TINY), PhantomReport(n_images=TINY)
     for split, n in TINY.items():
         samples = vqa.load(split)
-        assert len(samples) == n * phantom.QUESTIONS_PER_IMAGE
+        assert n <= len(samples) <= n * phantom.QUESTIONS_PER_IMAGE
         ids = [s.id for s in samples]
         assert ids == sorted(ids) and len(set(ids)) == len(ids)
         assert all(s.split == split and s.id.startswith(f"{split}-") for s in samples)
@@ -94,7 +98,7 @@ def test_rois_depend_on_the_question(test_split: tuple[PhantomVQA, list]) -> Non
                     compared += 1
     assert compared > 0
     ph = generate_image("ct", np.random.default_rng(3))
-    organs = ["liver", "spleen", "kidney_left", "kidney_right", "aorta", "body"]
+    organs = ["liver", "spleen", "kidney_left", "kidney_right", "aorta", "body", "kidney_left_footprint"]
     for i, a in enumerate(organs):
         for b in organs[i + 1 :]:
             assert (ph.masks[a] != ph.masks[b]).any()
@@ -189,26 +193,122 @@ def test_concurrent_builders_agree(cache: Path) -> None:
     assert not [p for p in (task.root).iterdir() if p.name.startswith(".")]
 
 
+def _questions(n: int) -> list[tuple[object, str, object]]:
+    """(findings, type, QA) of ``n`` images, question logic only (no drawing)."""
+    out = []
+    for i in range(n):
+        f = sample_findings(MODALITIES[i % 3], stream_rng("3", 0, "balance", i, "image"))
+        out.extend((f, qtype, qa) for qtype, qa in make_questions(f, stream_rng("3", 0, "balance", i, "text")))
+    return out
+
+
+def _template(question: str) -> str:
+    for name in sorted(NAMES.values(), key=len, reverse=True):
+        question = question.replace(name, "<where>")
+    for value in ("bright", "dark", "small", "large"):
+        question = question.replace(f" {value}?", " <value>?")
+    return question
+
+
 def test_answers_are_balanced() -> None:
-    """Question logic only (no drawing): closed yes/no and binary answers near 50/50 per type."""
-    per_type: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    """Closed yes rates within 40-60 % per template and per (type, modality); sides, sizes and
+    intensities near 50/50; image-level questions rare."""
+    questions = _questions(3000)
+    per_key: dict[tuple, collections.Counter] = collections.defaultdict(collections.Counter)
     answer_types: collections.Counter = collections.Counter()
-    for i in range(1500):
-        f = sample_findings(MODALITIES[i % 3], phantom._rng(0, "balance", i, "image"))
-        for qtype, qa in make_questions(f, phantom._rng(0, "balance", i, "text")):
-            per_type[qtype][qa.answer] += 1
-            answer_types[qa.answer_type] += 1
+    for f, qtype, qa in questions:
+        answer_types[qa.answer_type] += 1
+        per_key[("type", qtype)][qa.answer] += 1
+        if qa.answer_type == AnswerType.CLOSED:
+            per_key[("template", _template(qa.question))][qa.answer] += 1
+            per_key[("modality", qtype, f.modality)][qa.answer] += 1
     assert 0.35 < answer_types[AnswerType.OPEN] / sum(answer_types.values()) < 0.65
-    for qtype, counts in per_type.items():
+    checked = 0
+    for key, counts in per_key.items():
         n = sum(counts.values())
-        if {"yes", "no"} & set(counts):
-            assert 0.35 <= counts["yes"] / n <= 0.65, (qtype, counts)
-    for pair in (("left", "right"), ("small", "large"), ("bright", "dark"), ("normal", "enlarged")):
-        n = sum(c[pair[0]] + c[pair[1]] for c in per_type.values())
-        share = sum(c[pair[0]] for c in per_type.values()) / n
-        assert 0.35 <= share <= 0.65, (pair, share)
-    modalities = per_type["modality_open"]
-    assert min(modalities.values()) / sum(modalities.values()) > 0.25
+        if {"yes", "no"} & set(counts) and n >= 150:
+            assert 0.40 <= counts["yes"] / n <= 0.60, (key, counts)
+            checked += 1
+    assert checked >= 15
+    for pair in (("left", "right"), ("small", "large"), ("bright", "dark")):
+        n = sum(c[pair[0]] + c[pair[1]] for c in per_key.values() if c)
+        share = sum(c[pair[0]] for c in per_key.values()) / n
+        assert 0.40 <= share <= 0.60, (pair, share)
+    image_level = sum(1 for _, qtype, _ in questions if qtype in ("modality_open", "plane_open"))
+    assert image_level / len(questions) < 0.05
+
+
+def test_abnormal_images_carry_distractors_that_differ() -> None:
+    """Half of abnormal images have a second lesion slot; two lesions differ in kind, size, intensity."""
+    findings = [sample_findings(MODALITIES[i % 3], stream_rng("3", 0, "d", i, "image")) for i in range(2000)]
+    abnormal = [f for f in findings if f.abnormal]
+    assert 0.75 <= len(abnormal) / len(findings) <= 0.85
+    two = [f for f in abnormal if len(f.lesions) == 2]
+    assert 0.4 <= len(two) / len(abnormal) <= 0.6
+    for f in two:
+        a, b = f.lesions
+        assert a.slot != b.slot and a.kind != b.kind
+        for attr in ("size", "intensity"):
+            if getattr(a, attr) is not None and getattr(b, attr) is not None:
+                assert getattr(a, attr) != getattr(b, attr)
+
+
+def test_the_answer_lives_in_the_roi() -> None:
+    """Slot questions point at the named slot; lesion-attribute questions at the named lesion and
+    never at the other (distractor) lesion; the lesion drawn is inside its slot."""
+    seen: collections.Counter = collections.Counter()
+    for i in range(90):
+        r = render(0, "roi-check", i, 3)
+        f = r.findings
+        for les in f["lesions"]:
+            drawn = r.masks[f"lesions_{les['slot']}"]
+            assert drawn.any() and (drawn & r.masks[les["slot"]]).sum() >= 0.6 * drawn.sum()
+        for qtype, qa in r.questions:
+            roi = r.masks[qa.roi]
+            assert roi.any()
+            if qtype == "abnormal_closed":
+                named = any(les["slot"] == qa.roi for les in f["lesions"])
+                negative = "look normal" in qa.question or "free of lesions" in qa.question
+                assert qa.roi in NAMES and (qa.answer == "yes") == (named != negative)
+                assert bool((r.masks["lesions"] & roi).any()) == named
+                seen[qtype] += 1
+            if qa.roi.startswith("lesion_roi_"):
+                slot = qa.roi[len("lesion_roi_"):]
+                assert (r.masks[f"lesions_{slot}"] & ~roi).sum() == 0
+                for les in f["lesions"]:
+                    if les["slot"] != slot:
+                        assert not (r.masks[f"lesions_{les['slot']}"] & roi).any()
+                seen["attribute"] += 1
+    assert seen["abnormal_closed"] > 10 and seen["attribute"] > 5
+
+
+def test_version_2_stays_loadable_and_frozen(cache: Path) -> None:
+    """v2 (for old result files) keeps its own cache directory and its exact pixels and questions."""
+    v2 = PhantomVQA(version="2", n_images={"test": 2})
+    v3 = PhantomVQA(n_images={"test": 2})
+    assert v2.root.name.startswith("v2-") and v3.root.name.startswith("v3-") and v2.root != v3.root
+    samples = v2.load("test")
+    assert (samples[0].question, samples[0].answer) == ("What is the size of the aorta?", "enlarged")
+    manifest = json.loads(_manifest(v2, "test").read_text())
+    assert manifest["images"][0]["pixels_sha256"] == (
+        "2a394ede814eca04e270e37eadf26802a38c592e8446aa68b6d2add20e205002")
+    assert manifest["config"]["generator_version"] == "2"
+    with pytest.raises(ValueError, match="version"):
+        PhantomVQA(version="9")
+
+
+def test_a_v2_cache_is_never_read_as_v3(cache: Path) -> None:
+    """A v2 split planted where v3's would be fails verification and is rebuilt as v3."""
+    v2 = PhantomVQA(version="2", n_images={"test": 2})
+    v2.load("test")
+    v3 = PhantomVQA(n_images={"test": 2})
+    v3.root.mkdir(parents=True, exist_ok=True)
+    import shutil
+
+    shutil.copytree(v2.root / "test", v3.root / "test")
+    samples = v3.load("test")
+    assert json.loads(_manifest(v3, "test").read_text())["config"]["generator_version"] == "3"
+    assert {s.answer for s in samples} <= VOCAB
 
 
 def test_reports_are_varied(cache: Path) -> None:

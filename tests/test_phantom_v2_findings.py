@@ -1,4 +1,4 @@
-"""Rule-based phantom finding labeler and the Finding-F1 metric (protocol phantom-findings-v1)."""
+"""Phantom v2's rule-based finding labeler and the Finding-F1 metric (protocol phantom-findings-v1)."""
 
 from __future__ import annotations
 
@@ -6,15 +6,17 @@ import numpy as np
 import pytest
 
 from medbench.metrics import MetricUnavailable
-from medbench.metrics.phantom_findings import (
+from medbench.tasks.phantom import PhantomReport
+from medbench.tasks.phantom.draw import MODALITIES
+from medbench.tasks.phantom.v2.anatomy import sample_findings
+from medbench.tasks.phantom.v2.findings import (
     PROTOCOL,
-    FindingF1,
     finding_f1,
+    finding_metric,
     label_report,
     reference_findings,
 )
-from medbench.tasks.phantom import make_report
-from medbench.tasks.phantom_draw import MODALITIES, sample_findings
+from medbench.tasks.phantom.v2.text import make_report
 
 
 def _generated(n: int) -> list[tuple[object, str]]:
@@ -59,7 +61,7 @@ def test_finding_f1_edge_cases():
             {"id": "disjoint", "answer": report, "prediction": other},
             {"id": "empty", "answer": report, "prediction": "  "},
             {"id": "failed", "answer": report, "prediction": "", "error": "oom"}]
-    result = FindingF1(seed=0, n_resamples=50).compute(rows)["finding_f1"]
+    result = finding_metric(0).compute(rows)["finding_f1"]
     assert result.per_sample == {"same": 1.0, "disjoint": 0.0, "empty": 0.0}
     assert result.value == pytest.approx(1 / 3)
     assert result.protocol == PROTOCOL and result.ci is not None
@@ -76,27 +78,28 @@ def _unavailable(*args, **kwargs):
     raise MetricUnavailable("no coco in this test")
 
 
-def test_score_report_adds_finding_f1_for_phantom_report_only(monkeypatch):
+def test_score_report_adds_the_task_families_finding_f1(monkeypatch):
     import medbench.metrics.report as report_metrics
     from medbench.scoring import score_report
 
     monkeypatch.setattr(report_metrics, "ReportMetrics", _unavailable)
     _, report = _generated(1)[0]
     rows = [{"id": "a", "answer": report, "prediction": report}]
-    metrics, cis, per_sample, counts = score_report(rows, 0, task_name="phantom-report")
+    families = PhantomReport(version="2").metric_families()
+    metrics, cis, per_sample, counts = score_report(rows, 0, task_families=families)
     assert metrics["finding_f1"] == 1.0 and per_sample["finding_f1"] == {"a": 1.0}
     assert counts["metric_details"]["phantom_findings"]["protocol"] == PROTOCOL
-    metrics, *_ = score_report(rows, 0, task_name="iu-xray")
+    metrics, *_ = score_report(rows, 0)
     assert "finding_f1" not in metrics
 
 
 def test_score_report_survives_a_labeler_failure(monkeypatch):
-    import medbench.metrics.phantom_findings as pf
     import medbench.metrics.report as report_metrics
+    import medbench.tasks.phantom.v2.findings as pf
     from medbench.scoring import score_report
 
     monkeypatch.setattr(report_metrics, "ReportMetrics", _unavailable)
-    monkeypatch.setattr(pf, "label_report", lambda text: 1 / 0)
+    families = {"phantom_findings": lambda seed: pf.FindingF1(lambda text: 1 / 0, pf.PROTOCOL, "broken")}
     metrics, _, _, counts = score_report([{"id": "a", "answer": "x", "prediction": "y"}], 0,
-                                         task_name="phantom-report")
+                                         task_families=families)
     assert "finding_f1" not in metrics and "phantom_findings" in counts["unavailable"]

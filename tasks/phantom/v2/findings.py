@@ -1,7 +1,7 @@
 """Rule-based finding labeler and Finding-F1 for ``phantom-report`` (protocol ``phantom-findings-v1``).
 
 A report (reference or prediction) is split into sentences and each sentence is read by rules that
-mirror the templates and synonyms of :mod:`medbench.tasks.phantom` (``make_report``). A finding is a
+mirror the templates and synonyms of :mod:`medbench.tasks.phantom.v2.text` (``make_report``). A finding is a
 ``(category, value)`` pair:
 
 - ``modality`` (``ct mri x-ray``) and ``plane`` (``axial coronal``; "frontal"/"PA" chest films are
@@ -29,16 +29,14 @@ sample scores 1. The aggregate is the mean with a percentile-bootstrap CI.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from collections.abc import Sequence
+from typing import Any
 
-from medbench.metrics import Metric, MetricResult, scoreable_rows
-from medbench.metrics.bootstrap import mean_and_ci
+from medbench.tasks.phantom.finding_f1 import Finding, FindingF1, finding_f1
 
 __all__ = ["PROTOCOL", "Finding", "FindingF1", "finding_f1", "label_report", "reference_findings"]
 
 PROTOCOL = "phantom-findings-v1"
-Finding = tuple[str, str]
 _ENLARGEABLE = {"ct": "aorta", "mri": "ventricles", "x-ray": "heart"}
 _COUNTABLE = ("cyst", "tumor", "nodule")
 _SIDED_SITES = ("kidney", "hemisphere", "lung")
@@ -240,46 +238,8 @@ def reference_findings(findings: Any) -> frozenset[Finding]:
     return frozenset(out)
 
 
-def finding_f1(reference: frozenset[Finding] | set[Finding],
-               prediction: frozenset[Finding] | set[Finding]) -> float:
-    """F1 between two finding sets (1.0 when both are empty)."""
-    if not reference and not prediction:
-        return 1.0
-    return 2.0 * len(set(reference) & set(prediction)) / (len(reference) + len(prediction))
 
 
-class FindingF1(Metric):
-    """Per-sample Finding-F1 between reference and predicted phantom reports (key ``finding_f1``)."""
-
-    name: ClassVar[str] = "phantom_findings"
-
-    def __init__(self, *, seed: int = 0, n_resamples: int = 1000, level: float = 0.95) -> None:
-        self.protocol = PROTOCOL
-        self.seed = seed
-        self.n_resamples = n_resamples
-        self.level = level
-
-    def details(self) -> dict[str, Any]:
-        """The protocol record written to ``metric_details``."""
-        return {"protocol": PROTOCOL, "labeler": "rules mirroring the phantom report templates"}
-
-    def compute(self, rows: Sequence[Mapping[str, Any] | Any]) -> dict[str, MetricResult]:
-        ok, n_errors = scoreable_rows(rows)
-        per_sample: dict[str, float] = {}
-        n_empty = n_no_ref = 0
-        for row in ok:
-            prediction = str(row.get("prediction") or "")
-            reference = label_report(row.get("answer"))
-            n_no_ref += not reference
-            if not prediction.strip():
-                n_empty += 1
-                per_sample[row["id"]] = 0.0
-                continue
-            per_sample[row["id"]] = finding_f1(reference, label_report(prediction))
-        value, ci = mean_and_ci(list(per_sample.values()), n_resamples=self.n_resamples, seed=self.seed,
-                                level=self.level)
-        counts = {"n_rows": len(ok) + n_errors, "errors": n_errors, "n_empty": n_empty,
-                  "no_reference_findings": n_no_ref}
-        result = MetricResult(name="finding_f1", value=value, per_sample=per_sample, n=len(per_sample),
-                              protocol=PROTOCOL, ci=ci, counts=counts)
-        return {"finding_f1": result}
+def finding_metric(seed: int = 0) -> FindingF1:
+    """Finding-F1 with the version-2 labeler (protocol ``phantom-findings-v1``)."""
+    return FindingF1(label_report, PROTOCOL, "rules mirroring the phantom v2 report templates", seed=seed)
