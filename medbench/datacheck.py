@@ -36,10 +36,46 @@ def make_task(name: str, data_root: str | None, **options: Any) -> Any:
     return cls(data_root=data_root, **{k: v for k, v in options.items() if k in params})
 
 
+def roi_visibility(samples: list[Sample], geometry: dict[str, Any],
+                   rules: tuple[str, ...] = ("area50_max", "area50")) -> dict[str, Any]:
+    """Share of the samples' RoIs with at least one cell on the ``geometry``'s token grid, per rule."""
+    from PIL import Image
+
+    from medbench.geometry import mask_to_grid
+
+    sizes: dict[str, tuple[int, int]] = {}
+    visible = Counter()
+    n = 0
+    for s in samples:
+        if s.roi is None:
+            continue
+        if s.image_path not in sizes:
+            with Image.open(s.image_path) as im:
+                sizes[s.image_path] = im.size
+        mask = s.roi.to_mask(*sizes[s.image_path])
+        n += 1
+        for rule in rules:
+            visible[rule] += bool(mask_to_grid(mask, geometry, rule).any())
+    return {"n_roi": n, "grid_size": int(geometry["grid_size"]),
+            "visible": {rule: (visible[rule] / n if n else None) for rule in rules}}
+
+
+def _grid_geometry(task: Any, grid_model: str | None) -> tuple[str, dict[str, Any]] | None:
+    if grid_model is None:
+        grid_model = "tiny-med-llava" if getattr(task, "embedded", False) else "none"
+    if grid_model == "none":
+        return None
+    from medbench.models import load_backbone
+
+    return grid_model, load_backbone(grid_model, device="cpu").geometry()
+
+
 def check_task(name: str, data_root: str | None = None, *, open_images: bool = True,
-               **options: Any) -> dict[str, Any]:
+               grid_model: str | None = None, **options: Any) -> dict[str, Any]:
     """Load every split of ``name`` from ``data_root`` and report counts and skips (see module doc)."""
     task = make_task(name, data_root, **options)
+    grid = _grid_geometry(task, grid_model)
+    visibility: dict[str, Any] = {}
     splits: dict[str, dict[str, int]] = {}
     unreadable: list[dict[str, str]] = []
     opened: dict[str, str | None] = {}
@@ -57,6 +93,8 @@ def check_task(name: str, data_root: str | None = None, *, open_images: bool = T
         kinds = Counter(s.answer_type for s in usable)
         splits[split] = {"n": len(usable), "open": kinds[AnswerType.OPEN], "closed": kinds[AnswerType.CLOSED],
                          "report": kinds[AnswerType.REPORT]}
+        if grid is not None and any(s.roi is not None for s in usable):
+            visibility[split] = {"model": grid[0], **roi_visibility(usable, grid[1])}
     skipped = [{"id": s.id, "reason": s.reason} for s in task.skipped] + unreadable
     return {
         "task": task.name,
@@ -66,6 +104,7 @@ def check_task(name: str, data_root: str | None = None, *, open_images: bool = T
         "skipped_by_reason": dict(Counter(s["reason"].split(":", 1)[0] for s in skipped)),
         "count_checks": getattr(task, "count_checks", {}),
         "provenance": getattr(task, "provenance", {}),
+        "roi_visibility": visibility,
     }
 
 
@@ -86,6 +125,14 @@ def render_text(result: dict[str, Any], max_listed: int = 100) -> str:
     prov = result.get("provenance") or {}
     if prov:
         lines += ["", "provenance: " + ", ".join(f"{k}={v}" for k, v in sorted(prov.items()) if k != "keys")]
+    visibility = result.get("roi_visibility") or {}
+    if visibility:
+        first = next(iter(visibility.values()))
+        g = first["grid_size"]
+        lines += ["", f"RoIs visible on {first['model']}'s {g}x{g} token grid (at least one cell):"]
+        rules = list(first["visible"])
+        lines.append(tabulate([[split, v["n_roi"], *(f"{100 * v['visible'][r]:.1f} %" for r in rules)]
+                               for split, v in visibility.items()], headers=["split", "RoIs", *rules]))
     skipped = result["skipped"]
     lines += ["", f"skipped records: {len(skipped)}"]
     for reason, n in sorted(result.get("skipped_by_reason", {}).items()):

@@ -170,3 +170,35 @@ def content_box(image_size: tuple[int, int], geometry: dict[str, Any]) -> tuple[
 def pad_token_cells(image_size: tuple[int, int], geometry: dict[str, Any]) -> np.ndarray:
     """G×G booleans: cells lying wholly in the padding (never true for crop geometry)."""
     return box_coverage(content_box(image_size, geometry), geometry) == 0.0
+
+
+GRID_RULES = ("area50_max", "area50", "nearest_ref", "any")
+
+
+def frame_to_grid(frame: np.ndarray, grid: int, rule: str) -> np.ndarray:
+    """Token-grid membership [G·G] of a model-frame mask (token k = cell (k // G, k % G)).
+
+    Each cell's area fraction a_p inside the mask decides: ``area50``: a_p ≥ 0.5 (A³TUNE's rule);
+    ``area50_max`` (default): ``area50``, or, when no cell reaches 0.5, the cell(s) with the largest
+    a_p, so a non-empty RoI never vanishes from a coarse grid; ``any``: a_p > 0; ``nearest_ref``:
+    nearest resampling of the frame to G×G (the reference's ``Resize(G, NEAREST)``).
+    """
+    if rule not in GRID_RULES:
+        raise ValueError(f"unknown grid rule {rule!r}; known: {', '.join(GRID_RULES)}")
+    if rule == "nearest_ref":
+        img = Image.fromarray(frame.astype(np.uint8) * 255).resize((grid, grid), Image.NEAREST)
+        return (np.asarray(img) > 127).reshape(-1)
+    h, w = frame.shape
+    frac = frame.astype(np.float32).reshape(grid, h // grid, grid, w // grid).mean(axis=(1, 3)).reshape(-1)
+    if rule == "any":
+        return frac > 0
+    cells = frac >= 0.5
+    if rule == "area50_max" and not cells.any() and frac.max() > 0:
+        cells = frac == frac.max()
+    return cells
+
+
+def mask_to_grid(mask: np.ndarray, geometry: dict[str, Any], rule: str) -> np.ndarray:
+    """A source-pixel mask through the backbone's preprocessing geometry onto its token grid."""
+    frame = np.asarray(apply_geometry(Image.fromarray(mask.astype(np.uint8) * 255), geometry, Image.NEAREST)) > 127
+    return frame_to_grid(frame, int(geometry["grid_size"]), rule)

@@ -75,7 +75,7 @@ class A3TuneParams(LoRAParams):
     segmenter: str = "auto"
     scorer: str = "auto"
     query: Literal["prompt", "ref"] = "prompt"
-    grid_rule: Literal["area50", "nearest_ref", "any"] = "area50"
+    grid_rule: Literal["area50_max", "area50", "nearest_ref", "any"] = "area50_max"
     sam_checkpoint: str | None = None
     sam_input: Literal["rgb", "ref256"] = "rgb"
     biomedclip_dir: str | None = None

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from medbench.console import progress_bars_enabled
+from medbench.geometry import GRID_RULES, frame_to_grid, mask_to_grid  # noqa: F401 - re-exported
 from medbench.hashing import sha256_file, sha256_obj, sha256_text
 from medbench.methods.a3tune import segmenters as seg
 from medbench.methods.a3tune.tiny_clip import crop_segment
@@ -152,28 +153,6 @@ def select_top_k(candidates: list[list[float]], k: int) -> list[int]:
     """Segment indices of the K highest scores (Eq. 3's τ_K); ties go to the lower index."""
     ranked = sorted(candidates, key=lambda c: (-c[1], c[0]))
     return [int(c[0]) for c in ranked[:k]]
-
-
-def frame_to_grid(frame: np.ndarray, grid: int, rule: str) -> np.ndarray:
-    """Token-grid membership [G·G] of a model-frame mask (token k = cell (k // G, k % G)).
-
-    ``area50``: the cell's area fraction a_p ≥ 0.5; ``any``: a_p > 0; ``nearest_ref``: nearest
-    resampling of the frame to G×G (the reference's ``Resize(G, NEAREST)``).
-    """
-    if rule == "nearest_ref":
-        img = Image.fromarray(frame.astype(np.uint8) * 255).resize((grid, grid), Image.NEAREST)
-        return (np.asarray(img) > 127).reshape(-1)
-    h, w = frame.shape
-    frac = frame.astype(np.float32).reshape(grid, h // grid, grid, w // grid).mean(axis=(1, 3)).reshape(-1)
-    return frac > 0 if rule == "any" else frac >= 0.5
-
-
-def mask_to_grid(mask: np.ndarray, geometry: dict[str, Any], rule: str) -> np.ndarray:
-    """A source-pixel mask through the backbone's preprocessing geometry onto its token grid."""
-    from medbench.geometry import apply_geometry
-
-    frame = np.asarray(apply_geometry(Image.fromarray(mask.astype(np.uint8) * 255), geometry, Image.NEAREST)) > 127
-    return frame_to_grid(frame, int(geometry["grid_size"]), rule)
 
 
 def grid_segments(masks: list[np.ndarray], geometry: dict[str, Any], rule: str) -> np.ndarray:
