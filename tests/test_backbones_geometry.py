@@ -95,3 +95,20 @@ def test_existing_crop_mode_api() -> None:
     assert geo.resize_shortest_center_crop(image, 32, (32, 32), Image.NEAREST).size == (32, 32)
     with pytest.raises(ValueError, match="unknown geometry mode"):
         geo.apply_geometry(image, {"mode": "stretch"}, Image.NEAREST)
+
+
+def test_grid_rules_by_hand():
+    """area50 keeps cells at least half covered; area50_max falls back to the best-covered cell(s)."""
+    from medbench.geometry import frame_to_grid
+
+    frame = np.zeros((16, 16), dtype=bool)
+    frame[0, 0:3] = True  # 3 of cell 0's 16 pixels
+    frame[5:6, 4:9] = True  # 4 pixels in cell 5, 1 in cell 6
+    as_cells = {rule: set(np.flatnonzero(frame_to_grid(frame, 4, rule)).tolist())
+                for rule in ("area50", "area50_max", "any")}
+    assert as_cells == {"area50": set(), "area50_max": {5}, "any": {0, 5, 6}}
+    frame[8:16, 8:16] = True  # cells 10, 11, 14, 15 fully covered: no fallback needed
+    assert set(np.flatnonzero(frame_to_grid(frame, 4, "area50_max"))) == {10, 11, 14, 15}
+    assert not frame_to_grid(np.zeros((16, 16), dtype=bool), 4, "area50_max").any()
+    with pytest.raises(ValueError, match="grid rule"):
+        frame_to_grid(frame, 4, "area25")

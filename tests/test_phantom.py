@@ -329,3 +329,16 @@ def test_bad_arguments(cache: Path) -> None:
         PhantomVQA(n_images={"test": 0})
     with pytest.raises(ValueError):
         PhantomVQA(n_images={"test": 2}).load("validation")
+
+
+def test_rois_are_visible_on_the_token_grid(cache: Path) -> None:
+    """Every RoI keeps at least one cell of tiny-med-llava's 8×8 grid under the default rule (the
+    issue's gate: ≥ 95 %); the plain area50 rule would lose many lesion RoIs."""
+    from medbench.datacheck import roi_visibility
+    from medbench.geometry import crop_geometry
+
+    samples = PhantomVQA(n_images={"train": 30, "test": 30}).load("test")
+    share = roi_visibility(samples, crop_geometry(128, 8))
+    assert share["n_roi"] == len(samples) and share["grid_size"] == 8
+    assert share["visible"]["area50_max"] >= 0.95
+    assert share["visible"]["area50"] < 0.9
