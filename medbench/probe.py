@@ -2,7 +2,16 @@
 where the question points.
 
 Three gradient-boosted classifiers are trained on the task's train split and scored on its test
-split, beside the majority answer of the train split:
+split, beside two baselines that need no image:
+
+* **majority** — the majority rate: the share of the test questions that carry the most common test
+  answer (always answering "no" on closed questions whose answers are 55 % "no" scores 0.55);
+* **question prior** — for each test question, the most common train answer to the same question
+  text (the train split's majority answer for a question never seen in train): what a model that
+  memorised the question templates would answer. It is the fair baseline for open questions, whose
+  question text names the answer vocabulary (a "which side" question is answered left or right).
+
+The probes:
 
 * **text-only** — a hashed bag of the question's words (unigrams and bigrams, lower-cased);
 * **location-blind** — the same words plus a 32-bin grey-level histogram of the whole image;
@@ -22,8 +31,12 @@ outside the vocabulary as wrong. Answers are compared lower-cased with whitespac
 When some but not all samples of a task have an RoI (SLAKE), every probe runs on the samples with
 one so that the four numbers describe the same questions; a task without RoIs runs text-only and
 location-blind and reports why RoI-only is missing. The per-content-type rows use
-``Sample.meta["content_type"]`` (``"all"`` where absent); their majority column applies the split's
-overall majority answer, so it averages to the overall majority rate.
+``Sample.meta["content_type"]`` (``"all"`` where absent); their majority column applies the test
+split's overall majority answer, so it averages to the overall majority rate.
+
+Gates (``medbench.probe.GATES``; the embedded benchmark's, enforced by a test on phantom-vqa): on
+closed questions text-only ≤ majority + 0.05, location-blind ≤ majority + 0.10, RoI-only ≥ majority +
+0.30; on open questions the same margins over the question prior.
 
 Classifier: scikit-learn's ``HistGradientBoostingClassifier`` with its defaults except early
 stopping off, ``random_state=seed`` (a probe is deterministic, whatever the thread count) and
@@ -50,8 +63,10 @@ HASH_FEATURES = 2**20
 DEFAULT_MIN_COUNT = 5
 MAX_BINS = 64
 PROBES = ("text", "location_blind", "roi_only")
-PROBE_TITLES = {"majority": "majority", "text": "text-only", "location_blind": "location-blind",
-                "roi_only": "RoI-only"}
+PROBE_TITLES = {"majority": "majority", "question_prior": "question prior", "text": "text-only",
+                "location_blind": "location-blind", "roi_only": "RoI-only"}
+GATES = {"text": ("<=", 0.05), "location_blind": ("<=", 0.10), "roi_only": (">=", 0.30)}
+GATE_BASELINE = {AnswerType.CLOSED.value: "majority", AnswerType.OPEN.value: "question_prior"}
 
 
 class ProbeError(ValueError):
@@ -68,13 +83,25 @@ class ProbeScores:
 
     n: int
     majority: float
+    question_prior: float
     text: float | None
     location_blind: float | None
     roi_only: float | None
 
     def to_json(self) -> dict[str, Any]:
-        return {"n": self.n, "majority": self.majority, "text": self.text,
+        return {"n": self.n, "majority": self.majority, "question_prior": self.question_prior, "text": self.text,
                 "location_blind": self.location_blind, "roi_only": self.roi_only}
+
+    def gates(self, baseline: str) -> dict[str, dict[str, Any]]:
+        """Each probe's gate against ``baseline`` (``majority`` or ``question_prior``): limit and verdict."""
+        base = getattr(self, baseline)
+        out = {}
+        for name, (op, margin) in GATES.items():
+            value = getattr(self, name)
+            limit = base + margin
+            ok = None if value is None else (value <= limit if op == "<=" else value >= limit)
+            out[name] = {"value": value, "rule": f"{op} {baseline} + {margin:.2f}", "limit": limit, "passed": ok}
+        return out
 
 
 @dataclass(frozen=True)
@@ -100,8 +127,11 @@ class QuestionSetResult:
 
     def to_json(self) -> dict[str, Any]:
         scores = self.overall.to_json() if self.overall is not None else {
-            "n": self.n, "majority": None, "text": None, "location_blind": None, "roi_only": None}
-        out: dict[str, Any] = {"n_train": self.n_train, **scores, "majority_answer": self.majority_answer,
+            "n": self.n, "majority": None, "question_prior": None, "text": None, "location_blind": None,
+            "roi_only": None}
+        gates = self.overall.gates(GATE_BASELINE[self.answer_type]) if self.overall is not None else None
+        out: dict[str, Any] = {"n_train": self.n_train, **scores, "gates": gates,
+                               "majority_answer": self.majority_answer,
                                "roi_only_reason": self.roi_only_reason, "reason": self.reason,
                                "by_content_type": {k: v.to_json() for k, v in self.by_content_type.items()}}
         if self.answer_type == AnswerType.OPEN.value:
@@ -285,7 +315,8 @@ def _scores(correct: dict[str, np.ndarray], rows: np.ndarray) -> ProbeScores:
     def acc(name: str) -> float | None:
         return None if name not in correct else float(correct[name][rows].mean())
 
-    return ProbeScores(n=int(rows.sum()), majority=float(correct["majority"][rows].mean()), text=acc("text"),
+    return ProbeScores(n=int(rows.sum()), majority=float(correct["majority"][rows].mean()),
+                       question_prior=float(correct["question_prior"][rows].mean()), text=acc("text"),
                        location_blind=acc("location_blind"), roi_only=acc("roi_only"))
 
 
@@ -302,7 +333,13 @@ def _probe_set(answer_type: AnswerType, train: list[Sample], test: list[Sample],
     if not train:
         return QuestionSetResult(kind, 0, len(test), None, None, {}, roi_only_reason,
                                  reason=f"no {kind} train questions", min_count=min_count)
-    majority = majority_answer(y_train)
+    majority = majority_answer(list(y_test))
+    fallback = majority_answer(y_train)
+    by_question: dict[str, list[str]] = {}
+    for s, a in zip(train, y_train):
+        by_question.setdefault(normalise_answer(s.question), []).append(a)
+    prior = {q: majority_answer(answers) for q, answers in by_question.items()}
+    question_prior = np.asarray([prior.get(normalise_answer(s.question), fallback) for s in test], dtype=object)
     vocabulary, coverage, keep = None, None, np.ones(len(train), dtype=bool)
     if min_count is not None:
         counts = Counter(y_train)
@@ -322,7 +359,7 @@ def _probe_set(answer_type: AnswerType, train: list[Sample], test: list[Sample],
     if roi_only_reason is None:
         blocks["roi_only"] = (np.hstack([text_train, hist["roi"][train_rows][keep]]),
                               np.hstack([text_test, hist["roi"][test_rows]]))
-    correct = {"majority": y_test == majority}
+    correct = {"majority": y_test == majority, "question_prior": question_prior == y_test}
     for name, (x_train, x_test) in blocks.items():
         correct[name] = fit_predict(x_train, fit_labels, x_test, seed) == y_test
     types = np.asarray([_content_type(s) for s in test], dtype=object)
@@ -438,11 +475,17 @@ def render_text(report: ProbeReport) -> str:
         if result.overall is None:
             lines.append(f"  not probed: {result.reason}")
             continue
-        lines.append(f"majority answer {result.majority_answer!r} (from train); {result.n_train} train questions")
+        lines.append(f"majority answer {result.majority_answer!r} (most common test answer); "
+                     f"{result.n_train} train questions")
         if result.min_count is not None:
             lines.append(f"answer vocabulary: {result.vocabulary} answers seen >= {result.min_count} times in train; "
                          f"coverage {_fmt(result.coverage)} of open test questions (the rest count as wrong)")
         lines.append(_table(result))
+        baseline = GATE_BASELINE[title]
+        verdicts = [f"{PROBE_TITLES[name]} {_fmt(g['value'])} {g['rule'].split(' ', 1)[0]} {_fmt(g['limit'])}: "
+                    f"{'pass' if g['passed'] else 'FAIL' if g['passed'] is False else 'not run'}"
+                    for name, g in result.overall.gates(baseline).items()]
+        lines.append(f"gates (vs {PROBE_TITLES[baseline]}): " + "; ".join(verdicts))
         if result.roi_only_reason:
             lines.append(f"RoI-only not run: {result.roi_only_reason}")
     if report.skipped:

@@ -105,13 +105,25 @@ def test_text_probe_wins_when_the_question_decides(tmp_path: Path) -> None:
     assert closed.text >= 0.95 and closed.text >= closed.majority + 0.3
 
 
-def test_majority_comes_from_train_and_scores_on_test(tmp_path: Path) -> None:
+def test_majority_rate_and_question_prior(tmp_path: Path) -> None:
+    """The majority rate is the most common TEST answer's share; the question prior answers each test
+    question with the most common train answer to the same question text."""
     task = Synthetic(tmp_path, n={"train": 150, "test": 60}, yes_rate={"train": 0.8, "test": 0.2})
     report = run_probes(task, progress=False, include_open=False)
+    train_closed = [s for s in task.load("train") if s.answer_type is AnswerType.CLOSED]
     test_closed = [s for s in task.load("test") if s.answer_type is AnswerType.CLOSED]
-    assert report.closed.majority_answer == "yes" and report.closed.n_train == 150
-    assert report.closed.overall.majority == pytest.approx(np.mean([s.answer == "yes" for s in test_closed]))
-    assert report.closed.overall.majority < 0.4
+    assert report.closed.majority_answer == "no" and report.closed.n_train == 150
+    assert report.closed.overall.majority == pytest.approx(np.mean([s.answer == "no" for s in test_closed]))
+    assert report.closed.overall.majority > 0.6
+    answers: dict[str, list[str]] = {}
+    for s in train_closed:
+        answers.setdefault(s.question.lower(), []).append(s.answer)
+    prior = {q: max(sorted(set(a)), key=a.count) for q, a in answers.items()}
+    expected = np.mean([prior.get(s.question.lower(), "yes") == s.answer for s in test_closed])
+    assert report.closed.overall.question_prior == pytest.approx(expected) and expected < 0.4
+    gates = report.closed.overall.gates("majority")
+    assert gates["text"]["limit"] == pytest.approx(report.closed.overall.majority + 0.05)
+    assert gates["roi_only"]["rule"] == ">= majority + 0.30"
     assert report.open.overall is None and report.open.reason
 
 
@@ -143,9 +155,10 @@ def test_json_document(tmp_path: Path) -> None:
     assert set(doc) == {"task", "task_version", "n_train", "n_test", "roi_subset", "closed", "open", "settings",
                         "skipped"}
     assert (doc["task"], doc["task_version"], doc["n_train"], doc["n_test"]) == ("synthetic", "1", 120, 60)
-    score_keys = {"n", "majority", "text", "location_blind", "roi_only"}
+    score_keys = {"n", "majority", "question_prior", "text", "location_blind", "roi_only"}
     assert set(doc["closed"]) == score_keys | {"n_train", "majority_answer", "roi_only_reason", "reason",
-                                               "by_content_type"}
+                                               "by_content_type", "gates"}
+    assert set(doc["closed"]["gates"]) == {"text", "location_blind", "roi_only"}
     assert set(doc["open"]) == set(doc["closed"]) | {"min_count", "vocabulary", "coverage"}
     for block in (doc["closed"], doc["open"]):
         assert block["reason"] is None and block["roi_only_reason"] is None
@@ -217,12 +230,16 @@ def test_cli_on_slake_roi_subset(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 
 def test_phantom_vqa_probe_gates() -> None:
-    """The embedded benchmark's gates (closed questions): the answer needs the RoI."""
+    """The embedded benchmark's gates: the answer needs the RoI (closed questions against the
+    majority rate, open questions against the question prior)."""
     from medbench.tasks.phantom import PhantomVQA
 
-    report = run_probes(PhantomVQA(), progress=False, include_open=False)
-    closed = report.closed.overall
-    table = json.dumps(report.to_json()["closed"], indent=1)
-    assert closed.text <= closed.majority + 0.05, table
-    assert closed.location_blind <= closed.majority + 0.10, table
-    assert closed.roi_only >= closed.majority + 0.30, table
+    report = run_probes(PhantomVQA(), progress=False)
+    for block, baseline in ((report.closed, "majority"), (report.open, "question_prior")):
+        table = json.dumps(block.to_json(), indent=1)
+        scores = block.overall
+        base = getattr(scores, baseline)
+        assert scores.text <= base + 0.05, table
+        assert scores.location_blind <= base + 0.10, table
+        assert scores.roi_only >= base + 0.30, table
+        assert all(g["passed"] for g in scores.gates(baseline).values()), table

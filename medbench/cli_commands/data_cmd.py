@@ -42,6 +42,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="check that images exist but do not decode them")
     c.add_argument("--allow-source-mismatch", action="store_true",
                    help="use a split manifest even if the local source file differs from its recorded sha256")
+    c.add_argument("--grid-model", metavar="NAME_OR_PATH",
+                   help="report the share of RoIs visible on this backbone's visual-token grid (default: "
+                        "tiny-med-llava for embedded tasks, none otherwise; 'none' skips it)")
     c.set_defaults(func=check)
     m = inner.add_parser("manifest", help="write the derived-split manifest of a local copy", epilog=EPILOG,
                          formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -72,7 +75,7 @@ def check(args: argparse.Namespace) -> int:
 
     try:
         result = check_task(args.task, args.data_root, open_images=args.open_images,
-                            allow_source_mismatch=args.allow_source_mismatch)
+                            allow_source_mismatch=args.allow_source_mismatch, grid_model=args.grid_model)
     except DataRootError as exc:
         if args.json:
             print(json.dumps({"task": args.task, "error": str(exc)}, indent=2))
