@@ -27,7 +27,6 @@ from medbench.types import Prediction, Sample
 log = logging.getLogger("medbench")
 
 DEFAULT_MAX_NEW_TOKENS = {"vqa": 16, "report": 80}
-ATTENTION_PROTOCOL = "attn-v1:rows=answer,heads=all,layers=all,norm=minmax,upsample=bilinear,tau=0.15"
 
 
 @dataclass
@@ -193,6 +192,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     rank 0 merges and scores, the other ranks return a summary of their shard without scores.
     """
     from medbench import distributed as dist
+    from medbench.metrics.attention import attention_protocol, geometry_resolution
     from medbench.models import load_backbone, resolve_device
     from medbench.scoring import score_run
 
@@ -220,6 +220,8 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         None if res.tuning == "none" or group else lambda: tuning_checkpoint(cfg, res, backbone, task) / "COMPLETE")
     train_seconds = time.time() - t_train
     max_new = cfg.max_new_tokens or getattr(task, "max_new_tokens", None) or DEFAULT_MAX_NEW_TOKENS[task.kind]
+    geometry = geometry_record(backbone)
+    # The backbone fixes the grid and frame, so the fingerprint takes the protocol without them.
     fingerprint = sha256_obj({
         "task": task.name, "task_version": task.version, "split": task.eval_split,
         "samples": sha256_obj([(s.id, s.question, s.answer, s.answer_type.value) for s in samples]),
@@ -227,7 +229,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         "decoding": res.decoding, "decoding_args": decoder.resolved_args(),
         "tuning": res.tuning, "tuning_fingerprint": tuning_info.get("fingerprint"),
         "backbone": backbone.checkpoint_id, "image_backend": getattr(backbone, "image_backend", "torchvision"), "seed": cfg.seed,
-        "max_new_tokens": max_new, "attention": ATTENTION_PROTOCOL if cfg.attention else None,
+        "max_new_tokens": max_new, "attention": attention_protocol() if cfg.attention else None,
     })
     out_dir = run_dir_for(cfg, res)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -249,8 +251,8 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         "fingerprint": fingerprint, "config": dataclasses.asdict(cfg), "tuning": res.tuning,
         "decoding": res.decoding, "method_args": {"decoding": decoder.resolved_args(), "tuning": tuning_info.get("params", {})},
         "tuning_checkpoint": tuning_info.get("checkpoint"), "planned": len(samples),
-        "geometry": geometry_record(backbone), "max_new_tokens": max_new,
-        "attention_protocol": ATTENTION_PROTOCOL if cfg.attention else None,
+        "geometry": geometry, "max_new_tokens": max_new,
+        "attention_protocol": attention_protocol(**geometry_resolution(geometry)) if cfg.attention else None,
         "task_version": task.version, "metric_protocol": task.metric_protocol,
     }
     if info.is_main:

@@ -1,7 +1,8 @@
 """Scoring a run directory from its predictions (no model needed): ``results.json``.
 
 Predictions are joined to the task's samples by id. VQA tasks get the ``llava_med`` protocol
-plus Coverage/Intensity for samples with an RoI and a captured attention map; report tasks get
+plus the attention metrics (Coverage/Intensity and the raw RoI share ``roi_mass``, ``roi_lift``,
+``attention_peak``) for samples with an RoI and a captured attention map; report tasks get
 the ``coco`` lexical metrics plus the optional families configured in :class:`ReportOptions`
 (BERTScore, the clinical metrics, ``report@medheval``). Every metric carries a
 percentile-bootstrap 95 % CI.
@@ -16,7 +17,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,6 +26,9 @@ from medbench.errors import IncompleteRun
 from medbench.predictions import read_rows
 from medbench.schema import SCHEMA_VERSION
 from medbench.types import Sample
+
+if TYPE_CHECKING:
+    from medbench.metrics.attention import AttentionMetrics
 
 log = logging.getLogger("medbench")
 
@@ -52,7 +56,6 @@ def _result_entries(results: dict[str, Any]) -> tuple[dict[str, Any], dict[str, 
 def score_vqa(rows: list[dict[str, Any]], samples: dict[str, Sample], geometry: dict[str, Any],
               seed: int) -> tuple[dict, dict, dict, dict]:
     from medbench.geometry import roi_in_frame
-    from medbench.metrics.attention import AttentionMetrics
     from medbench.metrics.vqa import VQAMetrics
 
     vqa = VQAMetrics("llava_med", seed=seed).compute(rows)
@@ -71,7 +74,7 @@ def score_vqa(rows: list[dict[str, Any]], samples: dict[str, Sample], geometry: 
     counts["with_roi"] = sum(1 for r in rows if samples[r["id"]].roi is not None)
     counts["with_attention"] = len(attn_rows)
     if attn_rows:
-        attention = AttentionMetrics(seed=seed).compute(attn_rows)
+        attention = attention_metrics(geometry, seed).compute(attn_rows)
         m, c, p = _result_entries(attention)
         metrics.update(m)
         cis.update(c)
@@ -84,6 +87,25 @@ def score_vqa(rows: list[dict[str, Any]], samples: dict[str, Sample], geometry: 
             if key in res.counts:
                 counts[key] = res.counts[key]
     return metrics, cis, per_sample, counts
+
+
+def attention_metrics(geometry: Mapping[str, Any], seed: int) -> AttentionMetrics:
+    """The attention metrics of a run, at its grid and frame."""
+    from medbench.metrics.attention import AttentionMetrics, geometry_resolution
+
+    return AttentionMetrics(seed=seed, **geometry_resolution(geometry))
+
+
+def scored_attention_protocol(run_info: Mapping[str, Any]) -> str | None:
+    """The attention protocol :func:`score_vqa` scores a run with (``None`` when it captured none).
+
+    Rebuilt from the run's geometry, so a run recorded before the protocol named its resolution
+    gets the grid and frame too.
+    """
+    recorded = run_info.get("attention_protocol")
+    if not recorded or not run_info.get("geometry"):
+        return recorded
+    return attention_metrics(run_info["geometry"], 0).protocol
 
 
 def score_mc(rows: list[dict[str, Any]], samples: dict[str, Sample], seed: int) -> tuple[dict, dict, dict, dict]:
@@ -277,7 +299,7 @@ def score_run(run_dir: str | Path, *, samples: list[Sample] | None = None, task:
         "decoding": run_info["decoding"],
         "method_args": run_info["method_args"],
         "metric_protocol": task.metric_protocol,
-        "attention_protocol": run_info.get("attention_protocol") if task.kind == "vqa" else None,
+        "attention_protocol": scored_attention_protocol(run_info) if task.kind == "vqa" else None,
         "metrics": metrics,
         "confidence_intervals": cis,
         "counts": {

@@ -4,7 +4,8 @@ Panels, left to right: the image in the model-input frame (the first run's geome
 RoI outlined in red; the weak labels when a run has them (green segments in red boxes); then one
 attention heatmap per run (min-max scaled, bilinearly upsampled, as the Coverage/Intensity metrics
 see it), titled ``tuning+decoding`` (``base``, ``LoRA``, ``A3TUNE``) with that sample's Coverage and
-Intensity. The caption holds the question, the reference answer and each run's prediction (green
+Intensity and, from the raw map, its RoI mass, RoI lift and peak (:func:`sample_scores`; also in
+:attr:`ShowResult.scores`). The caption holds the question, the reference answer and each run's prediction (green
 when the VQA rule credits it, red when not, black for reports).
 
 Weak labels come from ``RUN_DIR/weak_labels/<id>.npy`` or a predictions row's ``weak_labels``: a
@@ -26,7 +27,8 @@ from PIL import Image
 
 from medbench.types import AnswerType, Sample
 
-__all__ = ["ShowError", "ShowResult", "RunView", "load_run", "run_label", "show", "weak_label_segments"]
+__all__ = ["ShowError", "ShowResult", "RunView", "load_run", "run_label", "sample_scores", "show",
+           "weak_label_segments"]
 
 log = logging.getLogger("medbench")
 PANEL_IN = 3.0
@@ -51,12 +53,14 @@ class RunView:
 
 @dataclass
 class ShowResult:
-    """The written figure: its path, pixel size ``(width, height)`` and panel titles."""
+    """The written figure: its path, pixel size ``(width, height)``, panel titles and, per run
+    title, the sample's attention scores (see :func:`sample_scores`)."""
 
     path: Path
     sample_id: str
     size: tuple[int, int]
     panels: list[str] = field(default_factory=list)
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def run_label(tuning: str, decoding: str) -> str:
@@ -134,6 +138,32 @@ def _attention(row: dict[str, Any]) -> np.ndarray:
     if grid.size != g * g or not np.all(np.isfinite(grid)):
         raise ShowError(f"sample {row['id']!r}: attention grid is not {g}x{g} finite values")
     return grid.reshape(g, g)
+
+
+def sample_scores(grid: np.ndarray, roi: np.ndarray | None) -> dict[str, float]:
+    """The sample's attention metrics: none without an RoI; the raw-map ones only where defined."""
+    from medbench.metrics.attention import coverage_intensity, roi_share
+
+    if roi is None or not roi.any():
+        return {}
+    coverage, intensity = coverage_intensity(grid, roi)
+    scores = {"coverage": coverage, "intensity": intensity}
+    try:
+        scores.update(roi_share(grid, roi)._asdict())
+    except ValueError as exc:
+        log.warning("no RoI share for this map: %s", exc)
+    return scores
+
+
+def _score_title(scores: dict[str, float]) -> str:
+    """The heatmap title lines of :func:`sample_scores`."""
+    if not scores:
+        return ""
+    text = f"\ncoverage {scores['coverage']:.2f} · intensity {scores['intensity']:.2f}"
+    if "roi_mass" in scores:
+        text += (f"\nRoI mass {scores['roi_mass']:.3f} · lift {scores['roi_lift']:.2f}"
+                 f" · peak {scores['attention_peak']:.2f}")
+    return text
 
 
 def weak_label_segments(data: Any, grid_size: int, frame_hw: tuple[int, int]) -> np.ndarray | None:
@@ -258,15 +288,15 @@ def _draw_weak(ax: Any, frame: np.ndarray, segments: np.ndarray) -> None:
 
 def _render(path: Path, head: list[tuple[str, np.ndarray, np.ndarray | None]], weak: np.ndarray | None,
             maps: list[tuple[str, np.ndarray, np.ndarray | None, np.ndarray]],
-            caption: list[tuple[str, str]], dpi: int) -> None:
+            scores: list[dict[str, float]], caption: list[tuple[str, str]], dpi: int) -> None:
     """Draw the panels (image + RoI, weak labels, one heatmap per run) and the caption to ``path``."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from medbench.metrics.attention import coverage_intensity, minmax_normalize, upsample_bilinear
+    from medbench.metrics.attention import minmax_normalize, upsample_bilinear
 
     ncols = len(head) + len(maps)
-    line_in, title_in = 0.19, 0.55
+    line_in, title_in = 0.19, 0.7
     height = PANEL_IN + title_in + line_in * len(caption) + 0.15
     fig = Figure(figsize=(ncols * PANEL_IN, height), dpi=dpi)
     FigureCanvasAgg(fig)
@@ -280,15 +310,12 @@ def _render(path: Path, head: list[tuple[str, np.ndarray, np.ndarray | None]], w
         else:
             ax.imshow(frame)
             _draw_roi(ax, roi, colors="red", linewidths=1.6)
-    for ax, (title, frame, roi, grid) in zip(axes[len(head):], maps):
+    for ax, (title, frame, roi, grid), sample in zip(axes[len(head):], maps, scores):
         ax.imshow(frame)
         ax.imshow(upsample_bilinear(minmax_normalize(grid)[0], frame.shape[:2]), cmap="jet", alpha=0.5,
                   vmin=0.0, vmax=1.0)
         _draw_roi(ax, roi, colors="white", linewidths=0.8, linestyles="dashed")
-        if roi is not None and roi.any():
-            cov, inten = coverage_intensity(grid, roi)
-            title += f"\ncoverage {cov:.2f} · intensity {inten:.2f}"
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title + _score_title(sample), fontsize=9)
     for ax in axes:
         ax.set_axis_off()
     for i, (text, colour) in enumerate(caption):
@@ -335,7 +362,8 @@ def show(run_dirs: Sequence[str | Path], sample_id: str, output: str | Path | No
     ncols = len(head) + len(maps)
     caption = _caption(sample, titles, rows, int(ncols * PANEL_IN * 72 / (9 * 0.6)), task)
     path = Path(output) if output else runs[0].run_dir / "show" / f"{sample_id.replace('/', '_')}.png"
-    _render(path, head, weak, maps, caption, dpi)
+    scores = [sample_scores(grid, roi) for _, _, roi, grid in maps]
+    _render(path, head, weak, maps, scores, caption, dpi)
     with Image.open(path) as im:
         size = im.size
-    return ShowResult(path, sample_id, size, [h[0] for h in head] + titles)
+    return ShowResult(path, sample_id, size, [h[0] for h in head] + titles, dict(zip(titles, scores)))

@@ -12,7 +12,9 @@ Layouts (the ``table`` argument of :func:`render`):
 - ``vqa`` (paper Table 1): rows are method compositions grouped in blocks (``Model`` column:
   ``LLaVA-Med``, ``LLaVA-Med + LoRA``; ``Method`` column: the block's base row, ``Greedy``,
   ``VCD`` …, ``A3TUNE``), columns are dataset × Open/Closed. Values ×100, 2 decimals.
-- ``attention`` (paper Table 2): coverage and intensity per task, 3-decimal fractions.
+- ``attention`` (paper Table 2): coverage and intensity per task, 3-decimal fractions, then
+  medbench's raw-map columns where results have them: ``roi_mass`` (a fraction, 3 decimals),
+  ``roi_lift`` and ``attention_peak`` (ratios, 1.0 = uniform, 3 decimals; never ×100).
 - ``report`` (paper Table 3): printed transposed as in the paper — rows are dataset × metric,
   columns are method compositions. Values ×100, 2 decimals.
 
@@ -76,16 +78,19 @@ TASK_LABELS = {
 }
 METRIC_LABELS = {
     "open_recall": "Open", "closed_accuracy": "Closed", "coverage": "Coverage", "intensity": "Intensity",
+    "roi_mass": "RoI mass", "roi_lift": "RoI lift", "attention_peak": "Peak",
     "bleu1": "BLEU-1", "bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4": "BLEU-4", "rouge_l": "ROUGE-L",
     "meteor": "METEOR", "cider": "CIDEr", "bertscore": "BERTScore", "chexbert": "CheXbert",
     "radgraph": "RadGraph", "ratescore": "RaTEScore",
 }
 KIND_METRICS = {
     "vqa": ("open_recall", "closed_accuracy"),
-    "attention": ("coverage", "intensity"),
+    "attention": ("coverage", "intensity", "roi_mass", "roi_lift", "attention_peak"),
     "report": ("bleu1", "bleu2", "bleu3", "bleu4", "rouge_l", "meteor", "cider", "bertscore", "chexbert",
                "radgraph", "ratescore"),
 }
+# Attention metrics that are ratios (1.0 = uniform attention), not fractions.
+RATIO_METRICS = ("roi_lift", "attention_peak")
 # Alternative spellings a results.json may use (also matched with an ``@protocol`` suffix).
 METRIC_ALIASES = {
     "closed_accuracy": ("closed_acc", "mc_accuracy", "mc"), "bertscore": ("bertscore_f1",),
@@ -93,7 +98,8 @@ METRIC_ALIASES = {
 }
 KIND_TITLES = {
     "vqa": "Medical VQA (paper Table 1 layout): open recall / closed accuracy, ×100",
-    "attention": "Visual attention distribution (paper Table 2 layout): coverage / intensity, fractions",
+    "attention": "Visual attention distribution (paper Table 2 layout): coverage / intensity / RoI mass, "
+    "fractions; RoI lift / peak, ratios",
     "report": "Report generation (paper Table 3 layout): ×100",
 }
 _KIND_PAPER_TABLES = {"vqa": (1, 4), "attention": (2,), "report": (8, 9, 11, 12, 5)}
@@ -138,8 +144,12 @@ def normalize_decoding(decoding: Any) -> str | None:
     return None if d in ("", "default", "none") else d
 
 
-def is_fraction_metric(metric: str) -> bool:
-    return metric.split("@", 1)[0] in KIND_METRICS["attention"]
+def metric_unit(metric: str) -> str:
+    """How a stored metric is printed: ``percent`` (×100), ``fraction`` or ``ratio`` (both as stored)."""
+    base = metric.split("@", 1)[0]
+    if base in RATIO_METRICS:
+        return "ratio"
+    return "fraction" if base in KIND_METRICS["attention"] else "percent"
 
 
 # ---- paper data --------------------------------------------------------------------------------
@@ -255,8 +265,8 @@ def preference(result: dict) -> tuple:
 
 
 def display_scale(metric: str) -> tuple[float, int]:
-    """(multiplier, decimals) that turn a stored fraction into the printed number."""
-    return (1.0, 3) if is_fraction_metric(metric) else (100.0, 2)
+    """(multiplier, decimals) that turn a stored value into the printed number."""
+    return (100.0, 2) if metric_unit(metric) == "percent" else (1.0, 3)
 
 
 # ---- grid model --------------------------------------------------------------------------------
@@ -577,7 +587,8 @@ def _grid_json(kind: str, results: list[dict], compare_paper: bool, paper: dict 
         "table": kind,
         "title": KIND_TITLES[kind],
         "scale": "fraction" if kind == "attention" else "percent",
-        "columns": [{"key": f"{t}/{m}", "label": " ".join(column_label(t, m))} for t, m in columns],
+        "columns": [{"key": f"{t}/{m}", "label": " ".join(column_label(t, m)), "scale": metric_unit(m)}
+                    for t, m in columns],
         "rows": out,
         "footnotes": grid.footnotes,
     }

@@ -70,6 +70,25 @@ def test_three_runs_with_weak_labels(tmp_path, task):
     assert _png_size(out)[0] == 5 * 300
 
 
+def test_figure_reports_the_samples_attention_scores(tmp_path, task):
+    from medbench.geometry import roi_in_frame
+
+    sample = next(s for s in task.load("test") if s.roi is not None)
+
+    def grid(value: float) -> dict:
+        return {sample.id: {"attention": {"grid_size": 8, "grid": [value] * 64, "image_size": [256, 256]}}}
+
+    flat = _make_run(tmp_path / "flat", task, "none", extra=grid(0.25))
+    zero = _make_run(tmp_path / "zero", task, "lora", extra=grid(0.0))
+    result = show([flat, zero], sample.id, tmp_path / "scores.png", task=task)
+    with Image.open(sample.image_path) as im:
+        mask = roi_in_frame(sample.roi, im.size, GEOMETRY)
+    # A uniform map: min-max gives zeros (coverage, intensity 0); the raw share is the RoI's area.
+    assert result.scores["base+greedy"] == {"coverage": 0.0, "intensity": 0.0, "roi_mass": mask.sum() / mask.size,
+                                            "roi_lift": 1.0, "attention_peak": 1.0}
+    assert result.scores["LoRA+greedy"] == {"coverage": 0.0, "intensity": 0.0}  # a zero map has no share
+
+
 def test_weak_labels_file_in_run_dir_and_bad_layout_skipped(tmp_path, task):
     sample_id = task.load("test")[0].id
     good = _make_run(tmp_path / "a", task, "a3tune")

@@ -257,6 +257,44 @@ def test_attention_renders_three_decimal_fractions():
     assert cell(rows, "SLAKE Intensity", Method="VCD") == "0.076"
 
 
+RAW_SHARE = {"coverage": 0.5, "intensity": 0.3, "roi_mass": 0.1543, "roi_lift": 1.3721, "attention_peak": 4.2106}
+
+
+def test_attention_raw_share_columns_follow_the_papers_unscaled():
+    res = [result(metrics=RAW_SHARE, tuning="a3tune"), result(metrics={"coverage": 0.79, "intensity": 0.4})]
+    rows = parse_csv(T.render("attention", res, "csv"))
+    assert rows[0] == ["Model", "Method", "SLAKE Coverage", "SLAKE Intensity", "SLAKE RoI mass",
+                       "SLAKE RoI lift", "SLAKE Peak"]
+    assert cell(rows, "SLAKE RoI mass", Method="A3TUNE†") == "0.154"  # a fraction, like coverage
+    assert cell(rows, "SLAKE RoI lift", Method="A3TUNE†") == "1.372"  # ratios: never x100
+    assert cell(rows, "SLAKE Peak", Method="A3TUNE†") == "4.211"
+    assert cell(rows, "SLAKE Coverage", Method="LLaVA-Med†") == "0.790"
+    assert cell(rows, "SLAKE RoI mass", Method="LLaVA-Med†") == "–"  # an older result file
+
+
+def test_attention_table_of_older_results_has_only_the_papers_columns():
+    rows = parse_csv(T.render("attention", [result(metrics={"coverage": 0.2, "intensity": 0.05})], "csv"))
+    assert rows[0] == ["Model", "Method", "SLAKE Coverage", "SLAKE Intensity"]
+
+
+def test_attention_json_scales_and_cis_of_the_raw_share():
+    data = json.loads(T.render("attention", [result(metrics=RAW_SHARE)], "json"))
+    scales = {c["key"]: c["scale"] for c in data["columns"]}
+    assert scales == {"slake/coverage": "fraction", "slake/intensity": "fraction", "slake/roi_mass": "fraction",
+                      "slake/roi_lift": "ratio", "slake/attention_peak": "ratio"}
+    cells = data["rows"][0]["cells"]
+    assert cells["slake/roi_lift"]["value"] == 1.372 and cells["slake/roi_lift"]["ci"] == [1.362, 1.382]
+    assert cells["slake/roi_mass"]["ci"] == [0.144, 0.164]
+
+
+def test_compare_prints_attention_metrics_on_the_tables_scale():
+    from medbench.compare import metric_scale
+
+    for metric in (*T.KIND_METRICS["attention"], "closed_accuracy", "bleu4", "roi_lift@attn-v1"):
+        assert metric_scale(metric) == T.display_scale(metric), metric
+    assert T.display_scale("roi_lift") == T.display_scale("attention_peak") == (1.0, 3)
+
+
 def test_row_labels_follow_the_paper():
     res = [
         result(tuning="none", decoding="vcd", metrics={"closed_accuracy": 0.5}),
