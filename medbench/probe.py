@@ -15,7 +15,10 @@ The probes:
 
 * **text-only** — a hashed bag of the question's words (unigrams and bigrams, lower-cased);
 * **location-blind** — the same words plus a 32-bin grey-level histogram of the whole image;
-* **RoI-only** — the same words plus a 32-bin histogram of the pixels inside the question's RoI.
+* **RoI-only** — the same words plus a 32-bin histogram of the pixels inside the question's RoI and
+  where that RoI is (its centroid as fractions of the image width and height, and its area
+  fraction): what a model sees when it looks where the question points. The place matters for
+  questions whose answer is a place ("which side is the lesion on?").
 
 Histograms are normalised to sum to 1 (an empty RoI gives all zeros). Grey level is PIL's ``L``
 conversion; 16-bit, 32-bit and float images are first rescaled linearly by their own min–max range
@@ -58,6 +61,7 @@ from medbench.types import AnswerType, RoI, Sample
 log = logging.getLogger(__name__)
 
 HIST_BINS = 32
+ROI_PLACE = ("centroid_x", "centroid_y", "area_fraction")
 NGRAM_RANGE = (1, 2)
 HASH_FEATURES = 2**20
 DEFAULT_MIN_COUNT = 5
@@ -176,7 +180,7 @@ class ProbeReport:
             "roi_subset": self.roi_subset.to_json(),
             "closed": self.closed.to_json(),
             "open": self.open.to_json(),
-            "settings": {"seed": self.seed, "limit_train": self.limit_train, "hist_bins": HIST_BINS,
+            "settings": {"seed": self.seed, "limit_train": self.limit_train, "hist_bins": HIST_BINS, "roi_place": list(ROI_PLACE),
                          "ngram_range": list(NGRAM_RANGE), "min_count": self.open.min_count,
                          "classifier": f"HistGradientBoostingClassifier(max_bins={MAX_BINS})"},
             "skipped": list(self.skipped),
@@ -223,11 +227,20 @@ def roi_mask(roi: RoI, width: int, height: int) -> np.ndarray:
         return np.asarray(mask) > 0
 
 
+def roi_features(grey: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The RoI-only probe's image features: the grey histogram inside ``mask``, then the mask's
+    centroid (x, y as fractions of width and height) and area fraction (zeros for an empty mask)."""
+    ys, xs = np.nonzero(mask)
+    place = (np.zeros(len(ROI_PLACE)) if len(ys) == 0 else
+             np.array([xs.mean() / mask.shape[1], ys.mean() / mask.shape[0], len(ys) / mask.size]))
+    return np.concatenate([grey_histogram(grey[mask]), place])
+
+
 def image_features(samples: list[Sample], *, with_roi: bool, progress: bool = True,
                    desc: str = "histograms") -> tuple[np.ndarray, np.ndarray | None, dict[int, str]]:
     """Whole-image and RoI histograms of every sample, opening each image once.
 
-    Returns ``(whole, roi, failed)``: arrays of shape (n, HIST_BINS) (``roi`` None unless
+    Returns ``(whole, roi, failed)``: arrays of shape (n, HIST_BINS) and (n, HIST_BINS + 3) (``roi`` None unless
     ``with_roi``) and the reason for every sample index whose image or mask could not be read.
     """
     from tqdm import tqdm
@@ -238,7 +251,7 @@ def image_features(samples: list[Sample], *, with_roi: bool, progress: bool = Tr
     for i, s in enumerate(samples):
         by_image.setdefault(s.image_path, []).append(i)
     whole = np.zeros((len(samples), HIST_BINS))
-    inside = np.zeros((len(samples), HIST_BINS)) if with_roi else None
+    inside = np.zeros((len(samples), HIST_BINS + len(ROI_PLACE))) if with_roi else None
     failed: dict[int, str] = {}
     for path, indices in tqdm(by_image.items(), desc=desc, unit="image",
                               disable=not (progress and progress_bars_enabled())):
@@ -258,7 +271,7 @@ def image_features(samples: list[Sample], *, with_roi: bool, progress: bool = Tr
             key = (roi.mask_path, roi.boxes)
             if key not in per_roi:
                 try:
-                    per_roi[key] = grey_histogram(grey[roi_mask(roi, grey.shape[1], grey.shape[0])])
+                    per_roi[key] = roi_features(grey, roi_mask(roi, grey.shape[1], grey.shape[0]))
                 except Exception as exc:
                     per_roi[key] = f"mask-unreadable: {type(exc).__name__}: {exc}"
             value = per_roi[key]

@@ -14,7 +14,9 @@ What changed from version 2, and why (every change serves "the answer lives in t
   enlarged, each kidney or eye can be out of the slice, a pacemaker sits on either side.
 - *Lesions large enough for the token grid*: radii 6–8 px (small) and 10–13 px (large) on the
   256-px canvas, about twice version 2's, so a lesion covers a good part of one 32-px cell of an
-  8×8 grid.
+  8×8 grid; two lesions in one slot are always small, so they fit the smallest host unshrunk.
+- *Nothing about a lesion betrays its host* beyond its place: a tumour's core mixes towards a fixed
+  grey, and an effusion (only ever in a lower zone) is never one of two lesions.
 
 Drawing primitives, grain and artefacts come from :mod:`medbench.tasks.phantom.draw`.
 """
@@ -113,13 +115,19 @@ def _lesion(rng: np.random.Generator, modality: str, slot: str, kind: str) -> Le
     if kind in ("cyst", "tumor", "nodule"):
         les.size = _pick(rng, ("small", "large"))
         les.count = 1 + int(rng.integers(2))
+        if les.size == "large":  # two large lesions do not fit a kidney: counts would betray the host
+            les.count = 1
     if kind in ("cyst", "tumor"):
         les.intensity = _pick(rng, ("bright", "dark"))
     return les
 
 
-def _kind_for(rng: np.random.Generator, modality: str, slot: str, exclude: str | None = None) -> str:
-    options = [k for k in KINDS[modality] if k != exclude and not (k == "effusion" and "upper" in slot)]
+def _kind_for(rng: np.random.Generator, modality: str, slot: str, exclude: str | None = None,
+              two: bool = False) -> str:
+    """A kind that fits the slot (an effusion only in a lower zone, and only as an image's single
+    lesion: naming an upper zone beside a visible effusion would give the other lesion's kind away)."""
+    options = [k for k in KINDS[modality]
+               if k != exclude and not (k == "effusion" and ("upper" in slot or two))]
     return _pick(rng, options)
 
 
@@ -148,12 +156,13 @@ def sample_findings(modality: str, rng: np.random.Generator) -> Findings:
         raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
     if rng.random() >= P_NORMAL:
         slots = list(f.slots)
+        two = len(slots) > 1 and bool(rng.random() < P_TWO_LESIONS)
         first = slots.pop(int(rng.integers(len(slots))))
-        a = _lesion(rng, modality, first, _kind_for(rng, modality, first))
+        a = _lesion(rng, modality, first, _kind_for(rng, modality, first, two=two))
         f.lesions.append(a)
-        if slots and rng.random() < P_TWO_LESIONS:
+        if two:
             second = slots[int(rng.integers(len(slots)))]
-            b = _lesion(rng, modality, second, _kind_for(rng, modality, second, exclude=a.kind))
+            b = _lesion(rng, modality, second, _kind_for(rng, modality, second, exclude=a.kind, two=True))
             if a.size is not None and b.size is not None:
                 b.size = _other(a.size, ("small", "large"))
             if a.intensity is not None and b.intensity is not None:
@@ -165,9 +174,10 @@ def sample_findings(modality: str, rng: np.random.Generator) -> Findings:
 # ---- lesions -------------------------------------------------------------------------------
 
 _LESION_GREY = {"bright": 228, "dark": 62}
+TUMOR_CORE_MIX = 128  # a tumour's core is halfway to this fixed grey, never to its host's
 
 
-def _paint_lesions(rng: np.random.Generator, cv: Canvas, host: Mask, les: Lesion, host_value: int) -> Mask:
+def _paint_lesions(rng: np.random.Generator, cv: Canvas, host: Mask, les: Lesion) -> Mask:
     """Cysts and tumours at absolute grey levels (tumours lobulated, with a core and texture)."""
     assert les.size is not None and les.intensity is not None
     value = _LESION_GREY[les.intensity]
@@ -176,7 +186,7 @@ def _paint_lesions(rng: np.random.Generator, cv: Canvas, host: Mask, les: Lesion
         m = lesion_mask(rng, cy, cx, r, les.kind) & host  # a lesion never spills into another slot
         cv.paint(m, value)
         if les.kind == "tumor":
-            cv.img[disc(cy, cx, 0.45 * r) & m] = (value + host_value) // 2
+            cv.img[disc(cy, cx, 0.45 * r) & m] = (value + TUMOR_CORE_MIX) // 2
             cv.img[m] += texture(rng, 14, 3)[m]
         union |= m
     return union
@@ -188,12 +198,11 @@ def _clear_of(drawn: dict[str, Mask]) -> Mask:
     return ~dilate(taken, LESION_GAP_PX)
 
 
-def _draw_slot_lesions(rng: np.random.Generator, cv: Canvas, f: Findings, hosts: dict[str, Mask],
-                       host_values: dict[str, int]) -> dict[str, Mask]:
+def _draw_slot_lesions(rng: np.random.Generator, cv: Canvas, f: Findings, hosts: dict[str, Mask]) -> dict[str, Mask]:
     drawn: dict[str, Mask] = {}
     for les in f.lesions:
         host = hosts[les.slot] & _clear_of(drawn)
-        drawn[les.slot] = _paint_lesions(rng, cv, host, les, host_values.get(les.slot, 110))
+        drawn[les.slot] = _paint_lesions(rng, cv, host, les)
     return drawn
 
 
@@ -248,7 +257,7 @@ def _draw_ct(rng: np.random.Generator, f: Findings) -> tuple[Canvas, dict[str, M
         masks[name] = cv.region(name) if f.present.get(name, True) else shape
         masks[f"{name}_footprint"] = footprints[name]
     hosts = {name: masks[name] for name in shapes}
-    return cv, masks, _draw_slot_lesions(rng, cv, f, hosts, values)
+    return cv, masks, _draw_slot_lesions(rng, cv, f, hosts)
 
 
 def _draw_mri(rng: np.random.Generator, f: Findings) -> tuple[Canvas, dict[str, Mask], dict[str, Mask]]:
@@ -323,7 +332,7 @@ def _draw_mri(rng: np.random.Generator, f: Findings) -> tuple[Canvas, dict[str, 
         masks[f"{back}_{side}"] = hemis[side] & (_row >= split)
     keep_out = dilate(all_vents | stem, 2) | ((_col - cx) * (_col - cx) <= 9.0)
     hosts = {slot: masks[slot] & ~keep_out for slot in f.slots}
-    return cv, masks, _draw_slot_lesions(rng, cv, f, hosts, {})
+    return cv, masks, _draw_slot_lesions(rng, cv, f, hosts)
 
 
 def _draw_xray(rng: np.random.Generator, f: Findings) -> tuple[Canvas, dict[str, Mask], dict[str, Mask]]:

@@ -7,8 +7,9 @@ majority answer (the gates of ``medbench data probe``):
   coin for yes/no and then names a slot with (yes) or without (no) a lesion, so an image's overall
   appearance (how many lesions, which kinds) says nothing about the answer; presence ("Is the left
   kidney in this slice?"), enlargement ("Is the right lateral ventricle enlarged?") and lesion
-  attribute questions pick the named side or value the same way, and are asked only on images
-  where both answers are possible (one kidney missing, one ventricle enlarged, two lesions).
+  attribute questions ("Is the lesion in the spleen bright?", one of two lesions of opposite
+  intensity) pick the named side or lesion at random, and are asked only on images where both
+  answers are possible (one kidney missing, one ventricle enlarged, two lesions).
 - *Open questions name a place or ask for one*: what kind of lesion, how bright, how large, how
   many lesions in a named slot of a two-lesion image (the two lesions always differ, so the
   image-level histogram shows both values); where the lesion of a one-lesion image is; which side is
@@ -135,12 +136,10 @@ def _q_attribute_closed(f: Findings, rng: np.random.Generator) -> QA | None:
     les = _pick(rng, pair)
     name = NAMES[les.slot]
     if rng.random() < 0.5:
-        asked = _pick(rng, ("bright", "dark"))
-        q = _pick(rng, (f"Is the lesion in the {name} {asked}?", f"Does the lesion in the {name} appear {asked}?"))
-        return QA(q, yes(les.intensity == asked), CLOSED, "color", lesion_roi(les.slot), name)
-    asked = _pick(rng, ("small", "large"))
-    q = _pick(rng, (f"Is the lesion in the {name} {asked}?", f"Is the {name} lesion {asked}?"))
-    return QA(q, yes(les.size == asked), CLOSED, "size", lesion_roi(les.slot), name)
+        q = _pick(rng, (f"Is the lesion in the {name} bright?", f"Does the lesion in the {name} appear bright?"))
+        return QA(q, yes(les.intensity == "bright"), CLOSED, "color", lesion_roi(les.slot), name)
+    q = _pick(rng, (f"Is the lesion in the {name} large?", f"Is the {name} lesion large?"))
+    return QA(q, yes(les.size == "large"), CLOSED, "size", lesion_roi(les.slot), name)
 
 
 # ---- open ----------------------------------------------------------------------------------
