@@ -243,3 +243,16 @@ def test_phantom_vqa_probe_gates() -> None:
         assert scores.location_blind <= base + 0.10, table
         assert scores.roi_only >= base + 0.30, table
         assert all(g["passed"] for g in scores.gates(baseline).values()), table
+
+
+def test_roi_features_by_hand() -> None:
+    """Histogram inside the mask, then the mask's centroid (x, y fractions) and area fraction."""
+    grey = np.zeros((4, 8), dtype=np.uint8)
+    grey[1, 6] = 255
+    mask = np.zeros((4, 8), dtype=bool)
+    mask[1, 6] = mask[3, 6] = True
+    features = probe.roi_features(grey, mask)
+    assert features.shape == (probe.HIST_BINS + 3,)
+    assert features[0] == 0.5 and features[probe.HIST_BINS - 1] == 0.5  # one black, one white pixel
+    assert features[probe.HIST_BINS:].tolist() == [6 / 8, 2 / 4, 2 / 32]
+    assert not probe.roi_features(grey, np.zeros((4, 8), dtype=bool)).any()
