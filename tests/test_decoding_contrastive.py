@@ -1,21 +1,23 @@
-"""VCD, M3ID, AVISC and DAMRO: hand-computed combine values and the spec's reduction properties."""
+"""VCD, M3ID, AVISC and DAMRO (and PAI's combine): hand-computed values and the spec's reduction properties."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
-from decoding_fixtures import SEEDS, encode, recording, select_rows, shared_backbone
+from decoding_fixtures import SEEDS, encode, recording, select_rows, shared_backbone, tiny_backbone
 
 from medbench.engine import Branch, StepwiseDecoding, encode_images, image_inputs, joint_prefill
 from medbench.method import MethodArgsError
 from medbench.methods.avisc import AVISC, blind_tokens
-from medbench.methods.contrastive import contrast, plausible
+from medbench.methods.contrastive import contrast, derived_generator, plausible
 from medbench.methods.damro import DAMRO, vision_encoder_layers
 from medbench.methods.greedy import Greedy
 from medbench.methods.m3id import M3ID, m3id_weight
 from medbench.methods.nucleus import sample_rows
+from medbench.methods.pai import PAI
 from medbench.methods.vcd import VCD, add_diffusion_noise, noise_schedule
 
 INF = float("-inf")
@@ -57,12 +59,45 @@ def test_contrast_hand_values_and_plausibility():
 
 
 # ---- VCD ---------------------------------------------------------------------------------------
+def ddpm_alpha_bar(step: int) -> float:
+    """ᾱ_T of VCD's schedule computed here: β_k = sigmoid(linspace(−6, 6, 1000))·(5e-3 − 1e-5) + 1e-5."""
+    betas = 1.0 / (1.0 + np.exp(-np.linspace(-6.0, 6.0, 1000))) * (5e-3 - 1e-5) + 1e-5
+    return float(np.prod(1.0 - betas[: step + 1]))
+
+
+def hand_noised(pixel_values: torch.Tensor, step: int, noise: torch.Tensor) -> torch.Tensor:
+    """VCD Eq. 2, ``sqrt(ᾱ_T)·v + sqrt(1−ᾱ_T)·ε``, in float64."""
+    bar = ddpm_alpha_bar(step)
+    return (math.sqrt(bar) * pixel_values.double() + math.sqrt(1.0 - bar) * noise.double()).float()
+
+
+def noise_draws(shape: tuple[int, ...], generators: list[torch.Generator]) -> torch.Tensor:
+    """ε: one standard-normal float32 draw of one image's shape per sample generator."""
+    return torch.stack([torch.randn(shape, generator=g, dtype=torch.float32) for g in generators])
+
+
 def test_vcd_schedule_constants():
     bar = noise_schedule()
     assert bar[500].sqrt().item() == pytest.approx(0.8630, abs=1e-4)
     assert (1 - bar[500]).sqrt().item() == pytest.approx(0.5052, abs=1e-4)
     assert bar[999].sqrt().item() == pytest.approx(0.2850, abs=1e-4)
     assert (1 - bar[999]).sqrt().item() == pytest.approx(0.9585, abs=1e-4)
+    assert math.sqrt(ddpm_alpha_bar(500)) == pytest.approx(0.8630, abs=1e-4)  # the reference below
+    assert math.sqrt(1 - ddpm_alpha_bar(999)) == pytest.approx(0.9585, abs=1e-4)
+
+
+@pytest.mark.parametrize("step", [500, 999])
+def test_vcd_noised_pixels_follow_the_ddpm_formula(setup, step):
+    _, batch = setup
+    shape = tuple(batch.pixel_values.shape[1:])
+    got = add_diffusion_noise(batch.pixel_values, step, [torch.Generator().manual_seed(s) for s in SEEDS])
+    eps = noise_draws(shape, [torch.Generator().manual_seed(s) for s in SEEDS])
+    torch.testing.assert_close(got, hand_noised(batch.pixel_values, step, eps), rtol=1e-5, atol=1e-5)
+    # with the spec's 4-decimal constants: two pixels equal to 1 at T=500 become 0.8630 + 0.5052·ε
+    ones = torch.ones(1, 1, 1, 2)
+    unit = add_diffusion_noise(ones, 500, [torch.Generator().manual_seed(0)])
+    eps0 = torch.randn((1, 1, 2), generator=torch.Generator().manual_seed(0))
+    assert unit.flatten().tolist() == pytest.approx((0.8630 + 0.5052 * eps0.flatten()).tolist(), abs=2e-4)
 
 
 def test_vcd_alpha0_greedy_equals_greedy(setup):
@@ -81,8 +116,11 @@ def test_vcd_contrast_row_equals_standalone_noised_run(setup):
     backbone, batch = setup
     method = recording(VCD)(selection="greedy")
     gen = method.generate(backbone, batch, SEEDS, 3)
-    noised = method.branches(backbone, batch, SEEDS)[1].pixel_values
-    assert torch.equal(noised, VCD().branches(backbone, batch, SEEDS)[1].pixel_values)  # ε from the seed
+    # the standalone run's pixels come from Eq. 2 computed here, ε from each sample's noise generator
+    eps = noise_draws(tuple(batch.pixel_values.shape[1:]), [derived_generator(s, "vcd-noise") for s in SEEDS])
+    noised = hand_noised(batch.pixel_values, 500, eps)
+    torch.testing.assert_close(method.branches(backbone, batch, SEEDS)[1].pixel_values, noised,
+                               rtol=1e-5, atol=1e-5)
     tokens = torch.tensor([row[:2] for row in gen.tokens])
     for step in range(3):
         ref = teacher_forced(backbone, batch, tokens[:, :step], pixel_values=noised)
@@ -177,6 +215,41 @@ def test_avisc_blind_set_padding_invariant(setup):
         assert torch.equal(method.blind[0], together[i])
 
 
+def hand_blind_set(attn: np.ndarray, layer_gamma: float, top_blind: int) -> set[int]:
+    """AVISC's default rule on one row's per-layer image attention [L, N], written out here:
+    layers sorted by their share of the image attention; the first k with k = #{cumsum < γ} + 1;
+    their mean map; its ``top_blind`` largest tokens."""
+    share = attn.sum(-1) / attn.sum()
+    order = np.argsort(-share, kind="stable")
+    k = int((np.cumsum(share[order]) < layer_gamma).sum()) + 1
+    mean = attn[order[:k]].mean(0)
+    ranked = np.argsort(-mean, kind="stable")
+    assert mean[ranked[top_blind - 1]] - mean[ranked[top_blind]] > 1e-6, "near-tie at the cut"
+    return set(ranked[:top_blind].tolist())
+
+
+def test_avisc_blind_set_comes_from_the_last_prompt_row(setup):
+    """The blind set equals the rule applied to an eager forward's last prompt row (not any other row)."""
+    backbone, batch = setup
+    method = AVISC(selection="greedy", blind_rule="topk", top_blind=10, layer_gamma=0.5)
+    method.generate(backbone, batch, SEEDS, 1)
+    eager = tiny_backbone()  # the same weights as the shared backbone, with HF's eager attention
+    eager.model.set_attn_implementation({"text_config": "eager"})
+    position = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        out = eager.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=position,
+                          pixel_values=batch.pixel_values, output_attentions=True)
+    image = backbone.image_token_mask(batch.input_ids)
+    for i in range(batch.input_ids.shape[0]):
+        cols = image[i].nonzero()[:, 0]
+        rows = {}
+        for name, q in (("last", -1), ("second to last", -2)):
+            per_layer = torch.stack([a[i, :, q, cols].mean(0) for a in out.attentions]).double().numpy()
+            rows[name] = hand_blind_set(per_layer, 0.5, 10)
+        assert rows["last"] != rows["second to last"]  # the check below can tell the rows apart
+        assert set(method.blind[i].nonzero()[:, 0].tolist()) == rows["last"]
+
+
 # ---- DAMRO -------------------------------------------------------------------------------------
 def test_damro_qk_recompute_equals_hook_capture(setup):
     backbone, batch = setup
@@ -237,3 +310,19 @@ def test_branch_features_zero_rows_only_where_asked(setup):
     a = joint_prefill(backbone, [Branch("f", batch.input_ids, batch.attention_mask, image_features=feats)])
     b = joint_prefill(backbone, [Branch("p", batch.input_ids, batch.attention_mask, batch.pixel_values)])
     torch.testing.assert_close(a.out.logits, b.out.logits)
+
+
+# ---- PAI's combine (its decoding tests are in test_decoding_dola_pai.py) ----------------------
+def test_pai_combine_by_hand_at_gamma_1_1():
+    """``s = γ·c − (γ−1)·u`` on ``{c ≥ log 0.1 + max c}``; logits that are log-probabilities are their own c, u."""
+    p, q = [0.5, 0.25, 0.24, 0.01], [0.25, 0.5, 0.24, 0.01]
+    out = PAI(gamma=1.1).combine([torch.log(torch.tensor([p])), torch.log(torch.tensor([q]))], step=0)
+    ln = math.log
+    expected = [1.1 * ln(0.5) - 0.1 * ln(0.25),   # -0.62383
+                1.1 * ln(0.25) - 0.1 * ln(0.5),   # -1.45561
+                ln(0.24)]                          # equal rows: c
+    torch.testing.assert_close(out[0, :3], torch.tensor(expected), rtol=1e-6, atol=1e-6)
+    assert out[0, 3].item() == INF  # ln 0.01 < ln 0.1 + ln 0.5
+    assert out[0, :3].tolist() == pytest.approx([-0.623832, -1.455609, -1.427116], abs=1e-5)
+    two = PAI(gamma=2.0).combine([torch.log(torch.tensor([p])), torch.log(torch.tensor([q]))], step=0)
+    assert two[0, :3].tolist() == pytest.approx([2 * ln(0.5) - ln(0.25), 2 * ln(0.25) - ln(0.5), ln(0.24)], abs=1e-6)
