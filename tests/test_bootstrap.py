@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -89,3 +91,48 @@ def test_paired_difference() -> None:
     assert mean == pytest.approx(2 / 3) and 0.0 <= ci["low"] <= ci["high"] <= 1.0
     with pytest.raises(ValueError, match="same ids"):
         bootstrap_paired_diff(a, {"x": 1.0})
+
+
+# ---- independent references: np.percentile on resamples drawn here ------------------------------
+def resampled_means(values: list[float], n_resamples: int, seed: int) -> np.ndarray:
+    """The documented protocol, written out: ``default_rng(seed)``, one ``integers(0, n, n)`` per resample."""
+    arr = np.asarray(values, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    return np.asarray([arr[rng.integers(0, arr.size, size=arr.size)].mean() for _ in range(n_resamples)])
+
+
+def test_percentile_interval_cuts_half_the_missing_mass_from_each_tail() -> None:
+    stats = np.arange(101.0)  # the p-th percentile of 0, 1, …, 100 is p
+    assert percentile_interval(stats, 0.95) == pytest.approx((2.5, 97.5))
+    assert percentile_interval(stats, 0.90) == pytest.approx((5.0, 95.0))
+    assert percentile_interval(stats, 0.50) == pytest.approx((25.0, 75.0))
+
+
+def test_bootstrap_mean_is_np_percentile_of_the_resampled_means() -> None:
+    values = [0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0]
+    means = resampled_means(values, 500, seed=3)
+    low, high = np.percentile(means, [2.5, 97.5])
+    assert (np.percentile(means, 5.0), np.percentile(means, 95.0)) != (low, high)  # the tails differ here
+    ci = bootstrap_mean(values, n_resamples=500, seed=3)
+    assert (ci["low"], ci["high"]) == pytest.approx((low, high), abs=1e-12)
+    ci90 = bootstrap_mean(values, n_resamples=500, seed=3, level=0.9)
+    assert (ci90["low"], ci90["high"]) == pytest.approx(tuple(np.percentile(means, [5.0, 95.0])), abs=1e-12)
+    _, paired = bootstrap_paired_diff({f"s{i:02d}": v for i, v in enumerate(values)},
+                                      {f"s{i:02d}": 0.0 for i in range(len(values))}, n_resamples=500, seed=3)
+    assert (paired["low"], paired["high"]) == pytest.approx((low, high), abs=1e-12)
+
+
+@pytest.mark.skipif(shutil.which("java") is None, reason="Java is required for the PTB tokenizer")
+def test_report_rouge_l_ci_is_the_percentile_of_resampled_per_sample_means() -> None:
+    pytest.importorskip("pycocoevalcap")
+    from medbench.metrics.report import ReportMetrics
+
+    # ROUGE-L is 1 for a prediction equal to its reference and 0 for an empty one
+    texts = ["the heart size is normal", "no pleural effusion", "mild cardiomegaly", "stable chest",
+             "clear lungs", "no pneumothorax"]
+    rows = [{"id": f"s{i}", "answer": t, "prediction": t if i < 2 else ""} for i, t in enumerate(texts)]
+    got = ReportMetrics(meteor=False, n_resamples=200, seed=5).compute(rows)["rouge_l"]
+    assert [got.per_sample[f"s{i}"] for i in range(6)] == pytest.approx([1, 1, 0, 0, 0, 0])
+    means = resampled_means([1, 1, 0, 0, 0, 0], 200, seed=5)
+    assert (got.ci["low"], got.ci["high"]) == pytest.approx(tuple(np.percentile(means, [2.5, 97.5])), abs=1e-12)
+    assert got.ci["low"] < 1 / 3 < got.ci["high"]

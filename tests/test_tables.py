@@ -391,6 +391,22 @@ def test_json_all_and_unknown_arguments():
         T.render("vqa", res, "html")
 
 
+def test_json_cells_scale_their_confidence_intervals_like_their_values():
+    # result() stores each CI as value ± 0.01 (fractions)
+    res = [result(metrics={"open_recall": 0.25, "closed_accuracy": 0.5, "coverage": 0.1, "intensity": 0.05}),
+           result(task="iu-xray-report", metrics={"bleu4": 0.0883, "cider": 0.4})]
+    data = json.loads(T.render("all", res, "json"))
+    vqa = data["vqa"]["rows"][0]["cells"]
+    assert vqa["slake/open_recall"]["ci"] == [24.0, 26.0]
+    assert vqa["slake/closed_accuracy"] == {**vqa["slake/closed_accuracy"], "value": 50.0, "ci": [49.0, 51.0]}
+    attention = data["attention"]["rows"][0]["cells"]
+    assert attention["slake/coverage"]["ci"] == [0.09, 0.11]  # Table 2 prints fractions
+    assert attention["slake/intensity"]["ci"] == [0.04, 0.06]
+    report = data["report"]["rows"][0]["cells"]
+    assert report["iu-xray-report/bleu4"]["ci"] == [7.83, 9.83]
+    assert report["iu-xray-report/cider"]["ci"] == [39.0, 41.0]
+
+
 def test_collect_results_walks_the_layout_and_skips_bad_files(tmp_path):
     good = tmp_path / "llava-med" / "slake" / "none+greedy-1a2b3c4d" / "results.json"
     good.parent.mkdir(parents=True)
