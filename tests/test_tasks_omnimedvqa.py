@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 from fixtures_datasets import TINY_WEIGHTS, omni_record, run_tiny, write_omnimedvqa
 
 from medbench.backbones.templates import TINY
+from medbench.predictions import read_rows
 from medbench.task import DataRootError
 from medbench.tasks.omnimedvqa import OmniMedVQA, mc_gold, mc_question
 from medbench.types import AnswerType
@@ -68,5 +70,33 @@ def test_golden_prompt(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not TINY_WEIGHTS.exists(), reason="the shipped tiny-med-llava checkpoint is absent")
 def test_end_to_end(tmp_path: Path) -> None:
-    results = run_tiny("omnimedvqa", write_omnimedvqa(tmp_path / "data"), tmp_path / "runs")
-    assert results["task"] == "omnimedvqa"
+    data = write_omnimedvqa(tmp_path / "data")
+    results = run_tiny("omnimedvqa", data, tmp_path / "runs")
+    assert results["task"] == "omnimedvqa" and results["metric_protocol"] == "mc@difflib"
+    task = OmniMedVQA(data)
+    test_ids = sorted(s.id for s in task.load("test"))
+    assert not set(test_ids) & {s.id for s in task.load("train")}
+    run = Path(results["run_dir"])
+    _, rows = read_rows(run / "predictions.jsonl")
+    assert sorted(r["id"] for r in rows) == test_ids
+    counts = results["counts"]
+    assert (counts["planned"], counts["scored"], counts["closed"]) == (len(test_ids),) * 3
+    options = {"omnimedvqa-L00000": ["CT", "MRI", "X-ray", "Fundus photography"],
+               "omnimedvqa-L00005": ["yes", "no"]}
+    assert set(options) == set(test_ids)
+    expected = {r["id"]: hit(r["prediction"], r["answer"], options[r["id"]]) for r in rows}
+    per_sample = json.loads((run / "per_sample.json").read_text())["closed_accuracy"]
+    assert per_sample == expected
+    assert results["metrics"]["closed_accuracy"] == pytest.approx(sum(expected.values()) / len(expected))
+
+
+def hit(prediction: str, answer: str, options: list[str]) -> float:
+    """1.0 when the prediction and the answer map to the same option (a prediction mapping to none misses)."""
+    chosen = closest(prediction, options)
+    return float(chosen is not None and chosen == closest(answer, options))
+
+
+def closest(text: str, options: list[str]) -> int | None:
+    """The option most similar to ``text`` by difflib's ratio (option first), first on ties, None if all 0."""
+    ratios = [difflib.SequenceMatcher(None, option, text).ratio() for option in options]
+    return None if max(ratios) == 0 else ratios.index(max(ratios))

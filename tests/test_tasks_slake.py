@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from fixtures_datasets import TINY_WEIGHTS, run_tiny, slake_record, write_image, write_slake
+from PIL import Image, ImageDraw
 
 from medbench.backbones.templates import TINY
+from medbench.predictions import read_rows
 from medbench.task import DataRootError
 from medbench.tasks._common import MalformedDataError
 from medbench.tasks.slake import SLAKE, match_rois, normalise
@@ -129,4 +133,45 @@ def test_golden_prompt(tmp_path: Path) -> None:
 @pytest.mark.skipif(not TINY_WEIGHTS.exists(), reason="the shipped tiny-med-llava checkpoint is absent")
 def test_end_to_end(tmp_path: Path) -> None:
     results = run_tiny("slake", write_slake(tmp_path / "data"), tmp_path / "runs")
-    assert results["task"] == "slake" and results["counts"]
+    assert results["task"] == "slake"
+    counts = results["counts"]
+    assert (counts["planned"], counts["scored"], counts["failed"]) == (3, 3, 0)
+    assert (counts["open"], counts["closed"], counts["with_roi"], counts["with_attention"]) == (2, 1, 1, 1)
+    run = Path(results["run_dir"])
+    per_sample = json.loads((run / "per_sample.json").read_text())
+    scored = ["slake-test-10", "slake-test-11", "slake-test-12"]  # the English test questions, not train's
+    assert sorted(per_sample["closed_accuracy"]) == scored[:1]
+    assert sorted(per_sample["open_recall"]) == scored[1:]
+    geometry = json.loads((run / "run.json").read_text())["geometry"]
+    assert geometry == {"mode": "resize_shortest+center_crop", "shortest_edge": 128, "crop": [128, 128],
+                        "grid_size": 8}
+    _, rows = read_rows(run / "predictions.jsonl")
+    attention = next(r["attention"] for r in rows if r["id"] == "slake-test-10")
+    assert attention["image_size"] == [48, 64]
+    # "Is the lung healthy?" matches the head word "lung": the Left Lung box [30, 5, 10, 10] (x, y, w, h)
+    coverage, intensity = hand_coverage_intensity(attention["grid"], (30, 5, 40, 15), (48, 64))
+    assert per_sample["coverage"]["slake-test-10"] == pytest.approx(coverage, abs=1e-9)
+    assert per_sample["intensity"]["slake-test-10"] == pytest.approx(intensity, abs=1e-9)
+    assert results["metrics"]["coverage"] == pytest.approx(coverage, abs=1e-9)
+    assert results["metrics"]["intensity"] == pytest.approx(intensity, abs=1e-9)
+
+
+def hand_coverage_intensity(grid: list[float], box: tuple[int, int, int, int],
+                            size: tuple[int, int]) -> tuple[float, float]:
+    """Coverage/Intensity (τ = 0.15) of a row-major 8×8 grid on the tiny model's 128×128 frame, recomputed
+    here: the box is drawn on the source image's mask, which goes through CLIP's shortest-edge resize
+    (nearest) and centre crop; the grid is min-max scaled and upsampled with torch's bilinear
+    interpolation (align_corners=False)."""
+    width, height = size
+    mask = Image.new("L", size, 0)
+    ImageDraw.Draw(mask).rectangle((box[0], box[1], box[2] - 1, box[3] - 1), fill=255)
+    new_w, new_h = (128, int(128 * height / width)) if width <= height else (int(128 * width / height), 128)
+    left, top = (new_w - 128) // 2, (new_h - 128) // 2
+    mask = mask.resize((new_w, new_h), Image.NEAREST).crop((left, top, left + 128, top + 128))
+    roi = torch.from_numpy(np.asarray(mask) > 127)
+    assert 0 < int(roi.sum()) < 128 * 128
+    g = torch.tensor(grid, dtype=torch.float64).view(8, 8)
+    g = (g - g.min()) / (g.max() - g.min())
+    m = torch.nn.functional.interpolate(g[None, None], size=(128, 128), mode="bilinear", align_corners=False)[0, 0]
+    inside = m[roi]
+    return float((inside >= 0.15).double().mean()), float(inside.mean())
