@@ -5,7 +5,10 @@ phantom text, a randomly initialised CLIP + Llama Llava model, and full training
 projector and language model) on the ``pretrain`` splits of ``phantom-vqa`` and
 ``phantom-report``. Deterministic for a given seed and thread count. ``init_from`` continues
 training from an existing checkpoint (its tokenizer is kept); the shipped checkpoint records
-its whole history in ``pretrain.json``.
+its whole history in ``pretrain.json``. ``freeze_vision`` keeps the vision tower as it is (after
+the dense vision stage, :mod:`medbench.pretrain_vision`) and trains the projector and language model
+on top of it. Step checkpoints under ``OUTPUT/state`` (every ``checkpoint_every`` steps) let a
+killed run resume step for step when it is started again with the same settings.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ class PretrainConfig:
     vocab_size: int = 1024
     report_fraction: float = 0.25
     init_from: str | None = None
+    freeze_vision: bool = False
+    checkpoint_every: int = 50
 
 
 def tokenizer_corpus(samples: list[Any], template_words: list[str]) -> list[str]:
@@ -46,8 +51,10 @@ def pretrain(output: str | Path, config: PretrainConfig = PretrainConfig(), prog
     from medbench.backbones.base import Backbone
     from medbench.backbones.templates import TINY
     from medbench.backbones.tiny import build_random, train_tokenizer
+    from medbench.hashing import sha256_file, sha256_obj
     from medbench.tasks.phantom import PhantomReport, PhantomVQA
-    from medbench.training import train_supervised
+    from medbench.train_state import STATE_DIR, remove
+    from medbench.training import Checkpointing, train_supervised
 
     started = time.time()
     vqa = PhantomVQA().load("pretrain")
@@ -63,17 +70,25 @@ def pretrain(output: str | Path, config: PretrainConfig = PretrainConfig(), prog
         model, processor = build_random(tokenizer, seed=config.seed)
     for param in model.parameters():
         param.requires_grad_(True)
+    if config.freeze_vision:
+        for param in model.model.vision_tower.parameters():
+            param.requires_grad_(False)
     backbone = Backbone(model, processor, TINY, checkpoint_id="pretrain")
     rng = random.Random(config.seed)
     n_reports = int(len(vqa) * config.report_fraction / (1 - config.report_fraction))
     mixed = vqa + [reports[rng.randrange(len(reports))] for _ in range(min(n_reports, 4 * len(reports)))]
     epochs = config.steps * config.batch_size / len(mixed)
     torch.manual_seed(config.seed)
+    output = Path(output)
+    start_weights = sha256_file(Path(config.init_from) / "model.safetensors") if config.init_from else None
+    settings = {k: v for k, v in asdict(config).items() if k != "checkpoint_every"}
+    checkpoint = Checkpointing(output / STATE_DIR, config.checkpoint_every,
+                               sha256_obj({"stage": "lm", "config": settings, "start": start_weights}))
     losses = train_supervised(
         backbone, mixed, epochs=epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
         desc="pretrain tiny-med-llava", weight_decay=config.weight_decay, ce_reduction="token", progress=progress,
+        checkpoint=checkpoint if config.checkpoint_every > 0 else None,
     )
-    output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output, safe_serialization=True)
     processor.save_pretrained(output)
@@ -89,4 +104,5 @@ def pretrain(output: str | Path, config: PretrainConfig = PretrainConfig(), prog
         if previous.exists():
             record["continued_from"] = json.loads(previous.read_text())
     (output / "pretrain.json").write_text(json.dumps(record, indent=1) + "\n")
+    remove(output / STATE_DIR)
     return record
