@@ -2,29 +2,37 @@
 
 :func:`check_task` loads every split of a task, opens every referenced image, and returns
 ``{"task", "splits": {split: {"n", "open", "closed", "report"}}, "skipped": [{"id", "reason"}],
-"count_checks", "provenance"}``. ``n`` counts usable samples: loader skips and images that fail to
-open are left out of it and listed under ``skipped``. A wrong layout raises
+"image_modes", "count_checks", "provenance"}``. ``n`` counts usable samples: loader skips, images
+that fail to open (``image-unreadable``) and images that cannot be turned into an 8-bit model input
+(``image-unconvertible``: a constant or non-finite 16-bit/float image, an unknown pixel mode; see
+:mod:`medbench.images`) are left out of it and listed under ``skipped``. ``image_modes`` counts the
+stored pixel modes of the distinct images opened. A wrong layout raises
 :class:`~medbench.task.DataRootError` naming the expected layout.
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
 from collections import Counter
 from typing import Any
 
 from medbench.types import AnswerType, Sample
 
+log = logging.getLogger("medbench")
 
-def _image_error(path: str) -> str | None:
-    from PIL import Image
+
+def _open_image(path: str) -> tuple[str | None, str | None]:
+    """``(mode, None)`` for an image a run can use, else ``(None, "<skip reason>: <detail>")``."""
+    from medbench.images import ImageModeError, probe_image
 
     try:
-        with Image.open(path) as im:
-            im.load()
+        return probe_image(path), None
+    except ImageModeError as exc:
+        log.warning("image %s cannot be used: %s", path, exc)
+        return None, f"image-unconvertible: {exc}"
     except Exception as exc:
-        return f"{type(exc).__name__}: {exc}"
-    return None
+        return None, f"image-unreadable: {type(exc).__name__}: {exc}"
 
 
 def make_task(name: str, data_root: str | None, **options: Any) -> Any:
@@ -78,16 +86,17 @@ def check_task(name: str, data_root: str | None = None, *, open_images: bool = T
     visibility: dict[str, Any] = {}
     splits: dict[str, dict[str, int]] = {}
     unreadable: list[dict[str, str]] = []
-    opened: dict[str, str | None] = {}
+    opened: dict[str, tuple[str | None, str | None]] = {}
     for split in task.splits:
         samples: list[Sample] = task.load(split)
         usable = []
         for s in samples:
             if open_images:
                 if s.image_path not in opened:
-                    opened[s.image_path] = _image_error(s.image_path)
-                if opened[s.image_path] is not None:
-                    unreadable.append({"id": s.id, "reason": f"image-unreadable: {opened[s.image_path]}"})
+                    opened[s.image_path] = _open_image(s.image_path)
+                reason = opened[s.image_path][1]
+                if reason is not None:
+                    unreadable.append({"id": s.id, "reason": reason})
                     continue
             usable.append(s)
         kinds = Counter(s.answer_type for s in usable)
@@ -102,6 +111,7 @@ def check_task(name: str, data_root: str | None = None, *, open_images: bool = T
         "splits": splits,
         "skipped": skipped,
         "skipped_by_reason": dict(Counter(s["reason"].split(":", 1)[0] for s in skipped)),
+        "image_modes": dict(sorted(Counter(mode for mode, _ in opened.values() if mode is not None).items())),
         "count_checks": getattr(task, "count_checks", {}),
         "provenance": getattr(task, "provenance", {}),
         "roi_visibility": visibility,
@@ -122,6 +132,12 @@ def render_text(result: dict[str, Any], max_listed: int = 100) -> str:
                                           "ok" if chk.get("match") else "DIFFERS")
         rows.append([split, c["n"], c["open"], c["closed"], c["report"], table6 if table6 is not None else "", note])
     lines.append(tabulate(rows, headers=["split", "n", "open", "closed", "report", "Table 6", "check"]))
+    modes = result.get("image_modes") or {}
+    if modes:
+        from medbench.images import HIGH_DEPTH_MODES, RESCALE_RULE
+
+        lines += ["", "image modes: " + ", ".join(f"{mode} {n}" for mode, n in modes.items())
+                  + (f" ({RESCALE_RULE})" if HIGH_DEPTH_MODES & set(modes) else "")]
     prov = result.get("provenance") or {}
     if prov:
         lines += ["", "provenance: " + ", ".join(f"{k}={v}" for k, v in sorted(prov.items()) if k != "keys")]

@@ -91,8 +91,10 @@ class Backbone:
     # ---- preprocessing ----------------------------------------------------------------------
     @staticmethod
     def load_image(path: str | Path) -> Image.Image:
-        with Image.open(path) as im:
-            return im.convert("RGB")
+        """The image as RGB; 16-bit and float images rescaled by their own range (:mod:`medbench.images`)."""
+        from medbench.images import open_image
+
+        return open_image(path)
 
     def prompt_text(self, sample: Sample) -> str:
         return self.template.render(sample.question, self.image_token)

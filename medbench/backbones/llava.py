@@ -169,12 +169,13 @@ class LlavaBackbone(Backbone):
 
     # ---- preprocessing ----------------------------------------------------------------------
     def load_image(self, path: str | Path) -> Image.Image:
-        """The image as opened (no EXIF transpose); mode ``L`` kept where the model pads it grey."""
-        with Image.open(path) as im:
-            if im.mode == "L" and self.preprocessing == geo.PAD and self.fill_l is not None:
-                im.load()
-                return im.copy()
-            return im.convert("RGB")
+        """The image as opened (no EXIF transpose); mode ``L`` kept where the model pads it grey.
+
+        16-bit and float images are rescaled to 8 bits by their own range (:mod:`medbench.images`).
+        """
+        from medbench.images import open_image
+
+        return open_image(path, keep_grey=self.preprocessing == geo.PAD and self.fill_l is not None)
 
     def pixel_values(self, images: list[Image.Image]) -> torch.Tensor:
         record = self.geometry()

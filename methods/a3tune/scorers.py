@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from medbench.images import open_image
 from medbench.methods.a3tune.segmenters import Felzenszwalb, keep_segment
 from medbench.methods.a3tune.tiny_clip import CROP, VERSION, TinyClip, crop_segment, train_tiny_clip
 
@@ -132,7 +133,7 @@ def scorer_training_data(n_images: int, seed: int = 0) -> tuple[list[tuple[Image
     pairs, negatives, seen = [], [], {}
     rng = np.random.default_rng(seed)
     for s in samples:
-        rgb = np.asarray(Image.open(s.image_path).convert("RGB"))
+        rgb = np.asarray(open_image(s.image_path))
         gt = s.roi.to_mask(rgb.shape[1], rgb.shape[0])
         if gt.any():
             pairs.append((crop_segment(rgb, gt), s.question))

@@ -24,6 +24,7 @@ from PIL import Image
 from medbench.console import progress_bars_enabled
 from medbench.geometry import GRID_RULES, frame_to_grid, mask_to_grid  # noqa: F401 - re-exported
 from medbench.hashing import sha256_file, sha256_obj, sha256_text
+from medbench.images import open_image
 from medbench.methods.a3tune import segmenters as seg
 from medbench.methods.a3tune.tiny_clip import crop_segment
 from medbench.paths import cache_dir
@@ -85,7 +86,7 @@ class WeakLabeler:
                 return seg.load_segments(path)
             except Exception:  # a damaged cache file is rebuilt
                 log.warning("rebuilding damaged segment cache %s", path)
-        rgb = np.asarray(Image.open(image_path).convert("RGB"))
+        rgb = np.asarray(open_image(image_path))
         found = self.segmenter.segment(rgb)
         seg.save_segments(path, found, rgb.shape[:2])
         return found
@@ -121,7 +122,7 @@ class WeakLabeler:
                 and row.get("query_sha256") == sha256_text(self.query_text(task_name, sample)))
 
     def score_one(self, task_name: str, sample: Sample) -> dict[str, Any]:
-        rgb = np.asarray(Image.open(sample.image_path).convert("RGB"))
+        rgb = np.asarray(open_image(sample.image_path))
         height, width = rgb.shape[:2]
         proposals = self.segments(sample.image_path)
         kept = [i for i, s in enumerate(proposals) if seg.keep_segment(s, width, height)]
