@@ -81,23 +81,38 @@ def resolve_methods(cfg: RunConfig) -> Resolved:
             raise MethodArgsError(f"--tuning {tuning} is not a tuning method")
     if METHODS.entry(decoding).info["kind"] != "decoding":
         raise MethodArgsError(f"--decoding {decoding} is not a decoding method")
-    dec_fields = {f.name for f in dataclasses.fields(METHODS.get(decoding).Params)}
-    tun_fields = {f.name for f in dataclasses.fields(METHODS.get(tuning).Params)} if tuning != "none" else set()
+    dec_cls = METHODS.get(decoding)
+    tun_cls = METHODS.get(tuning) if tuning != "none" else None
+    dec_fields = {f.name for f in dataclasses.fields(dec_cls.Params)} | set(dec_cls.ALIASES)
+    tun_fields = ({f.name for f in dataclasses.fields(tun_cls.Params)} | set(tun_cls.ALIASES)) if tun_cls else set()
     dec_args: dict[str, Any] = {}
     tun_args: dict[str, Any] = {}
+    spelled: dict[tuple[str, str], str] = {}
     for key, value in cfg.method_args.items():
         prefix, dot, rest = key.partition(".")
         if dot and prefix in ("tuning", tuning):
-            tun_args[rest] = value
+            target, name = tun_args, rest
         elif dot and prefix in ("decoding", decoding):
-            dec_args[rest] = value
+            target, name = dec_args, rest
         elif key in dec_fields and key in tun_fields:
             raise MethodArgsError(f"method argument {key!r} fits both {decoding} and {tuning}; "
                                   f"write decoding.{key}= or tuning.{key}=")
         elif key in tun_fields:
-            tun_args[key] = value
+            target, name = tun_args, key
         else:
-            dec_args[key] = value
+            target, name = dec_args, key
+        cls = tun_cls if target is tun_args else dec_cls
+        if cls is None:
+            raise MethodArgsError(f"method argument {key!r} is for a tuning method, but this run has no tuning")
+        slot = (cls.name, cls.ALIASES.get(name, name))
+        if slot in spelled:
+            raise MethodArgsError(f"method argument {slot[1]!r} of {cls.name} given twice "
+                                  f"(as {spelled[slot]!r} and {key!r})")
+        spelled[slot] = key
+        target[name] = value
+    dec_cls(**dec_args)  # every argument checked (types, ranges) before anything loads
+    if tun_cls is not None:
+        tun_cls(**tun_args)
     return Resolved(tuning, decoding, dec_args, tun_args)
 
 
@@ -115,7 +130,14 @@ def select_samples(task: Any, limit: int | None) -> list[Sample]:
     ids = [s.id for s in samples]
     if len(set(ids)) != len(ids):
         raise ValueError(f"task {task.name} has duplicate sample ids")
-    return samples[:limit] if limit else samples
+    check_limit(limit)
+    return samples if limit is None else samples[:limit]
+
+
+def check_limit(limit: int | None) -> None:
+    """``--limit`` is a positive sample count; leaving it out (``None``) means every sample."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ConfigError(f"limit must be at least 1 (leave --limit out for every sample), got {limit!r}")
 
 
 def versions() -> dict[str, str]:
@@ -200,6 +222,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     info = dist.resolve(cfg.shard)
     if info.parallel and cfg.device_map:
         raise ConfigError("--device-map shards one model in one process; do not combine it with data-parallel ranks")
+    check_limit(cfg.limit)
     res = resolve_methods(cfg)
     task = TASKS.get(cfg.task)(data_root=cfg.data_root)
     decoder = METHODS.get(res.decoding)(**res.decoding_args)
@@ -214,6 +237,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         log.warning("rank %d of %d (%s): %d of %d samples on %s", info.rank, info.world_size, info.source,
                     len(mine), len(samples), device)
     backbone = load_backbone(cfg.model, device=device, device_map=cfg.device_map)
+    decoder.check_backbone(backbone)
     t_train = time.time()
     backbone, tuning_info = dist.main_first(
         info, group, lambda: prepare_tuning(cfg, res, backbone, task, device),
@@ -401,8 +425,7 @@ def parse_config_dict(data: dict[str, Any]) -> RunConfig:
     for key in ("batch_size", "max_new_tokens"):
         if data.get(key) is not None and data[key] < 1:
             raise ValueError(f"config key {key} must be at least 1, got {data[key]}")
-    if (data.get("limit") or 0) < 0:
-        raise ValueError(f"config key limit must not be negative, got {data['limit']}")
+    check_limit(data.get("limit"))
     if data.get("shard") is not None:
         from medbench.distributed import parse_shard
 

@@ -32,7 +32,7 @@ import torch
 from medbench.attention import CaptureRequest, capture
 from medbench.backbones.base import Backbone, EncodedBatch
 from medbench.engine import Branch, Prefill, concat_rows, encode_images, joint_prefill
-from medbench.method import MethodArgsError
+from medbench.method import Range
 from medbench.methods.contrastive import BaselineDecoding, DecodingParams, contrast, image_positions
 
 
@@ -40,6 +40,9 @@ from medbench.methods.contrastive import BaselineDecoding, DecodingParams, contr
 class AVISCParams(DecodingParams):
     BASE: ClassVar[dict] = {"blind_rule": "topk"}
     PRESETS: ClassVar[dict] = {"reference": {"blind_rule": "std"}}
+    #: λ = ±∞ are meaningful (nothing / everything blind, see the module notes).
+    RANGES: ClassVar[dict[str, Range]] = {"top_blind": Range(lo=0), "layer_gamma": Range(0.0, 1.0, lo_open=True),
+                                          "lamb": Range(-100.0, 100.0, allow_inf=True)}
 
     variant: Literal["default", "reference"] = "default"
     alpha: float = 1.0
@@ -48,13 +51,6 @@ class AVISCParams(DecodingParams):
     top_blind: int = 10
     layer_gamma: float = 0.5
     lamb: float = 1.0
-
-    def validate(self) -> None:
-        super().validate()
-        if self.top_blind < 0:
-            raise MethodArgsError(f"top_blind must be ≥ 0, got {self.top_blind}")
-        if not 0.0 < self.layer_gamma <= 1.0:
-            raise MethodArgsError(f"layer_gamma must be in (0, 1], got {self.layer_gamma}")
 
 
 def layer_attention(request: CaptureRequest, n_heads: int) -> torch.Tensor:

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from medbench.engine import Generation, hf_generate
-from medbench.method import DecodingMethod, MethodArgsError
+from medbench.method import DecodingMethod, Range
 
 
 @dataclass(frozen=True)
 class BeamParams:
+    RANGES: ClassVar[dict[str, Range]] = {"num_beams": Range(1, 64), "length_penalty": Range(-10.0, 10.0)}
+
     num_beams: int = 5
     length_penalty: float = 1.0
-
-    def validate(self) -> None:
-        if self.num_beams < 1:
-            raise MethodArgsError(f"num_beams must be ≥ 1, got {self.num_beams}")
 
 
 class Beam(DecodingMethod):

@@ -22,7 +22,7 @@ import torch
 
 from medbench.backbones.base import Backbone, EncodedBatch
 from medbench.engine import Branch, StepwiseDecoding, left_pad
-from medbench.method import MethodArgsError
+from medbench.method import MIN_TEMPERATURE, MethodArgsError, Range
 from medbench.methods.nucleus import sample_rows, top_p_filter
 
 Selection = Literal["greedy", "sample"]
@@ -34,6 +34,15 @@ class DecodingParams:
 
     BASE: ClassVar[dict[str, Any]] = {}
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: Ranges of the processors and of the contrast weights α (≥ 0) and APC β shared by the subclasses.
+    RANGES: ClassVar[dict[str, Range]] = {
+        "temperature": Range(MIN_TEMPERATURE, 100.0),
+        "top_p": Range(0.0, 1.0, lo_open=True),
+        "top_k": Range(lo=0),
+        "repetition_penalty": Range(0.0, 100.0, lo_open=True),
+        "alpha": Range(0.0, 100.0),
+        "beta": Range(0.0, 1.0),
+    }
 
     variant: str = "default"
     selection: Selection | None = None
@@ -53,20 +62,6 @@ class DecodingParams:
     def validate(self) -> None:
         if self.variant not in ("default", *self.PRESETS):
             raise MethodArgsError(f"variant={self.variant!r}: expected one of default, {', '.join(self.PRESETS)}")
-        if self.temperature <= 0:
-            raise MethodArgsError(f"temperature must be > 0, got {self.temperature}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise MethodArgsError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k is not None and self.top_k < 0:
-            raise MethodArgsError(f"top_k must be ≥ 0, got {self.top_k}")
-        if self.repetition_penalty <= 0:
-            raise MethodArgsError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
-        for name in ("alpha", "beta"):
-            value = getattr(self, name, None)
-            if name == "beta" and value is not None and not 0.0 <= value <= 1.0:
-                raise MethodArgsError(f"beta must be in [0, 1], got {value}")
-            if name == "alpha" and value is not None and (value < 0 or math.isnan(value)):
-                raise MethodArgsError(f"alpha must be ≥ 0, got {value}")
 
 
 def plausible(logits: torch.Tensor, beta: float) -> torch.Tensor:

@@ -33,7 +33,7 @@ import torch
 from medbench.attention import CaptureRequest, capture
 from medbench.backbones.base import Backbone, EncodedBatch
 from medbench.engine import Branch, Generation, decode_loop, encode_images, grad_enabled, image_inputs
-from medbench.method import MethodArgsError
+from medbench.method import MethodArgsError, Range
 from medbench.methods.contrastive import BaselineDecoding, DecodingParams, image_positions
 
 
@@ -45,6 +45,9 @@ class MissingRoIError(MethodArgsError):
 class ControlMLLMParams(DecodingParams):
     BASE: ClassVar[dict] = {"selection": "greedy"}
     PRESETS: ClassVar[dict] = {"reference": {}}
+    #: α scales the attention energy (paper 400), β is the EMA weight of the latent.
+    RANGES: ClassVar[dict[str, Range]] = {"alpha": Range(0.0, 1e4), "lr": Range(0.0, 1e3), "steps": Range(0, 100),
+                                          "stop_ratio": Range(0.0, 1e3, lo_open=True)}
 
     variant: Literal["default", "reference"] = "default"
     beta: float = 0.5
@@ -53,11 +56,6 @@ class ControlMLLMParams(DecodingParams):
     steps: int = 5
     early_stop: bool = True
     stop_ratio: float = 0.25
-
-    def validate(self) -> None:
-        super().validate()
-        if self.steps < 0 or self.lr < 0 or self.stop_ratio <= 0:
-            raise MethodArgsError("steps and lr must be ≥ 0 and stop_ratio > 0")
 
 
 def roi_grid(backbone: Backbone, roi: Any, image_size: tuple[int, int]) -> np.ndarray:

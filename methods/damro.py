@@ -29,7 +29,7 @@ import torch
 
 from medbench.backbones.base import Backbone, EncodedBatch
 from medbench.engine import Branch, left_pad
-from medbench.method import MethodArgsError
+from medbench.method import Range
 from medbench.methods.contrastive import (
     BaselineDecoding,
     DecodingParams,
@@ -42,17 +42,13 @@ from medbench.methods.contrastive import (
 @dataclass(frozen=True)
 class DAMROParams(DecodingParams):
     PRESETS: ClassVar[dict] = {"reference": {}, "medheval": {}}
+    RANGES: ClassVar[dict[str, Range]] = {"k": Range(lo=1)}
 
     variant: Literal["default", "reference", "medheval"] = "default"
     k: int = 10
     alpha: float = 0.5
     beta: float = 0.1
     order: Literal["rank", "raster"] = "rank"
-
-    def validate(self) -> None:
-        super().validate()
-        if self.k < 1:
-            raise MethodArgsError(f"k must be ≥ 1, got {self.k}")
 
 
 def vision_encoder_layers(model: Any) -> Any:

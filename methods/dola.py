@@ -18,7 +18,8 @@ premature = mature gives ``F≡0`` on ``V_head``, i.e. the lowest id in ``V_head
 Variants: ``reference`` averages the divergence over the **batch** (one layer per batch, as the
 reference code; equal to the default at batch 1); ``sample`` uses A3Tune's arguments
 (sampling, T=0.9, top-p 0.95, top-k 0). The reference's open-ended setting adds
-``repetition_penalty=1.2``. Candidate layers ≥ the final layer raise (HF silently drops them).
+``repetition_penalty=1.2``. Layers outside the model (candidates ≥ the mature layer, a premature or
+mature layer above the depth) are refused before decoding (HF silently drops such candidates).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import torch.nn.functional as F
 
 from medbench.backbones.base import Backbone, EncodedBatch
 from medbench.engine import Prefill
-from medbench.method import MethodArgsError
+from medbench.method import MethodArgsError, Range
 from medbench.methods.contrastive import BaselineDecoding, DecodingParams, base_model
 
 
@@ -44,6 +45,10 @@ class DoLaParams(DecodingParams):
         "sample": {"selection": "sample", "temperature": 0.9, "top_p": 0.95, "top_k": 0},
     }
 
+    RANGES: ClassVar[dict[str, Range]] = {"premature_layer": Range(lo=0, depth_hi=0),
+                                          "mature_layer": Range(lo=1, depth_hi=0),
+                                          "relative_top": Range(0.0, 1.0, lo_open=True)}
+
     variant: Literal["default", "reference", "sample"] = "default"
     candidate_layers: str = "low"
     premature_layer: int | None = None
@@ -53,15 +58,26 @@ class DoLaParams(DecodingParams):
 
     def validate(self) -> None:
         super().validate()
-        if not 0.0 < self.relative_top <= 1.0:
-            raise MethodArgsError(f"relative_top must be in (0, 1], got {self.relative_top}")
         if self.candidate_layers not in ("low", "high"):
             try:
-                parse_layers(self.candidate_layers)
+                layers = parse_layers(self.candidate_layers)
             except ValueError:
+                layers = None
+            if layers is None or min(layers) < 0:
                 raise MethodArgsError(
                     f"candidate_layers={self.candidate_layers!r}: expected low, high or a list like 0,2,4"
-                ) from None
+                )
+        if None not in (self.premature_layer, self.mature_layer) and self.premature_layer > self.mature_layer:
+            raise MethodArgsError(f"premature_layer={self.premature_layer} is above mature_layer={self.mature_layer}")
+
+    def validate_depth(self, n_layers: int) -> None:
+        """Premature and candidate layers below the mature layer of an ``n_layers``-layer model."""
+        mature = n_layers if self.mature_layer is None else self.mature_layer
+        if self.premature_layer is not None and self.premature_layer > mature:
+            raise MethodArgsError(f"premature_layer must be in [0, {mature}] (the mature layer), "
+                                  f"got {self.premature_layer}")
+        if self.candidate_layers not in ("low", "high"):
+            candidate_layers(self.candidate_layers, mature, tied=False)
 
 
 def parse_layers(text: str) -> list[int]:
@@ -115,12 +131,9 @@ class DoLa(BaselineDecoding):
         p = self.params
         self._head = model.get_output_embeddings()
         self._norm = model.model.language_model.norm
+        self.check_backbone(backbone)
         self._mature = n_layers if p.mature_layer is None else p.mature_layer
-        if not 0 < self._mature <= n_layers:
-            raise MethodArgsError(f"mature_layer must be in [1, {n_layers}], got {p.mature_layer}")
         if p.premature_layer is not None:
-            if not 0 <= p.premature_layer <= self._mature:
-                raise MethodArgsError(f"premature_layer must be in [0, {self._mature}], got {p.premature_layer}")
             self._layers = [p.premature_layer]
         else:
             tied = bool(getattr(text, "tie_word_embeddings", False) or getattr(backbone.model.config,

@@ -13,11 +13,11 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from medbench.atomic import atomic_write_text
 from medbench.hashing import sha256_obj
-from medbench.method import MethodArgsError, TuningMethod
+from medbench.method import MethodArgsError, Range, TuningMethod
 
 TARGET_MODULES = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
@@ -43,6 +43,12 @@ def tuning_lr(lr: float | None, backbone: Any) -> float:
 
 @dataclass(frozen=True)
 class LoRAParams:
+    RANGES: ClassVar[dict[str, Range]] = {
+        "r": Range(lo=1), "alpha": Range(lo=1), "dropout": Range(0.0, 1.0, hi_open=True),
+        "lr": Range(0.0, 1.0, lo_open=True), "epochs": Range(0.0, 1000.0, lo_open=True), "batch_size": Range(lo=1),
+        "train_limit": Range(lo=1), "checkpoint_every": Range(lo=0),
+    }
+
     r: int = 64
     alpha: int = 16
     dropout: float = 0.05
@@ -54,10 +60,6 @@ class LoRAParams:
     checkpoint_every: int = 50
 
     def validate(self) -> None:
-        if self.checkpoint_every < 0:
-            raise MethodArgsError(f"checkpoint_every must be ≥ 0 (0: no step checkpoints), got {self.checkpoint_every}")
-        if self.r < 1:
-            raise MethodArgsError(f"r must be ≥ 1, got {self.r}")
         if self.ce_reduction not in ("per_sample", "token"):
             raise MethodArgsError("ce_reduction must be per_sample or token")
 
@@ -93,7 +95,7 @@ class LoRA(TuningMethod):
         from medbench.training import train_supervised
 
         samples = task.load(task.train_split)
-        if self.params.train_limit:
+        if self.params.train_limit is not None:
             samples = samples[: self.params.train_limit]
         from medbench.ddp import is_main_process, world_size
         from medbench.zero import requested as deepspeed_requested

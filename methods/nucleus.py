@@ -7,23 +7,21 @@ output does not depend on the batch it lands in.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from medbench.engine import StepwiseDecoding
-from medbench.method import MethodArgsError
+from medbench.method import MIN_TEMPERATURE, Range
 
 
 @dataclass(frozen=True)
 class NucleusParams:
+    RANGES: ClassVar[dict[str, Range]] = {"top_p": Range(0.0, 1.0, lo_open=True),
+                                          "temperature": Range(MIN_TEMPERATURE, 100.0)}
+
     top_p: float = 0.9
     temperature: float = 1.0
-
-    def validate(self) -> None:
-        if not 0.0 < self.top_p <= 1.0:
-            raise MethodArgsError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.temperature <= 0:
-            raise MethodArgsError(f"temperature must be > 0, got {self.temperature}")
 
 
 def top_p_filter(scores: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -31,6 +29,7 @@ def top_p_filter(scores: torch.Tensor, top_p: float) -> torch.Tensor:
     sorted_scores, order = scores.sort(dim=-1, descending=True)
     cumulative = sorted_scores.softmax(-1).cumsum(-1)
     drop_sorted = cumulative - sorted_scores.softmax(-1) >= top_p
+    drop_sorted[..., 0] = False  # the best token stays even where top_p rounds to 0 in the scores' dtype
     drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
     return scores.masked_fill(drop, float("-inf"))
 

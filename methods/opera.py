@@ -41,7 +41,7 @@ import torch
 from medbench.attention import CaptureRequest, capture
 from medbench.backbones.base import Backbone, EncodedBatch
 from medbench.engine import Generation, encode_images, image_inputs, strip
-from medbench.method import DecodingMethod, MethodArgsError
+from medbench.method import DecodingMethod, Range
 from medbench.methods.contrastive import DecodingParams, apply_processors, image_positions
 from medbench.types import AnswerType
 
@@ -52,6 +52,11 @@ NEG = -1.0e9
 class OPERAParams(DecodingParams):
     BASE: ClassVar[dict] = {"selection": "greedy"}
     PRESETS: ClassVar[dict] = {"reference": {}, "a3tune": {"max_new_tokens": 128}}
+    RANGES: ClassVar[dict[str, Range]] = {
+        "num_beams": Range(1, 64), "scale_factor": Range(0.0, 1e4, lo_open=True), "threshold": Range(lo=0),
+        "num_attn_candidates": Range(1, 64), "penalty_weights": Range(0.0, 100.0), "window_size": Range(lo=2),
+        "length_penalty": Range(-10.0, 10.0), "max_new_tokens": Range(lo=1),
+    }
 
     variant: Literal["default", "reference", "a3tune"] = "default"
     num_beams: int = 5
@@ -63,11 +68,6 @@ class OPERAParams(DecodingParams):
     candidate_logprobs: Literal["topk", "full"] = "topk"
     length_penalty: float = 1.0
     max_new_tokens: int | None = None
-
-    def validate(self) -> None:
-        super().validate()
-        if self.num_beams < 1 or self.num_attn_candidates < 1 or self.window_size < 2:
-            raise MethodArgsError("num_beams and num_attn_candidates must be ≥ 1, window_size ≥ 2")
 
 
 def overtrust(omega: torch.Tensor, rows: torch.Tensor, sigma: float, half: bool) -> tuple[torch.Tensor, torch.Tensor]:

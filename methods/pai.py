@@ -10,8 +10,9 @@
   one batched forward; a per-row image-key mask is all-False for the CFG rows. At γ=1 the CFG
   row is dropped (amplification alone).
 
-Defaults (paper App. B): α=0.2, γ=1.1, layers 2…31 of 32 (``end_layer`` defaults to the depth),
-β=0.1 (hard-coded in the reference), greedy, amplification from the first token.
+Defaults (paper App. B): α=0.2, γ=1.1, layers 2…31 of 32 (``end_layer`` defaults to the depth;
+layers beyond it are refused before decoding), β=0.1 (hard-coded in the reference), greedy,
+amplification from the first token.
 Variants: ``reference`` keeps amplification **off for the first forward** (the reference's
 layers start in "CFG mode"; usually the yes/no answer); ``a3tune`` = ``reference`` plus A3Tune's
 negative prompt, BOS + the raw question without the template. ``attn_backend=eager`` computes
@@ -31,7 +32,7 @@ import torch.nn.functional as F
 from medbench.attention import AttentionEdit, edit_attention, require_installed
 from medbench.backbones.base import Backbone, EncodedBatch
 from medbench.engine import Branch, Prefill, joint_prefill, left_pad, main_branch, stack_branches
-from medbench.method import MethodArgsError
+from medbench.method import MethodArgsError, Range
 from medbench.methods.contrastive import BaselineDecoding, DecodingParams, plausible, text_only_branch
 
 
@@ -39,6 +40,8 @@ from medbench.methods.contrastive import BaselineDecoding, DecodingParams, plaus
 class PAIParams(DecodingParams):
     BASE: ClassVar[dict] = {"selection": "greedy"}
     PRESETS: ClassVar[dict] = {"reference": {}, "a3tune": {}}
+    RANGES: ClassVar[dict[str, Range]] = {"gamma": Range(1.0, 100.0), "start_layer": Range(lo=0, depth_hi=-1),
+                                          "end_layer": Range(lo=1, depth_hi=0)}
 
     variant: Literal["default", "reference", "a3tune"] = "default"
     alpha: float = 0.2
@@ -50,10 +53,8 @@ class PAIParams(DecodingParams):
 
     def validate(self) -> None:
         super().validate()
-        if self.gamma < 1.0:
-            raise MethodArgsError(f"gamma must be ≥ 1, got {self.gamma}")
-        if self.start_layer < 0 or (self.end_layer is not None and self.end_layer <= self.start_layer):
-            raise MethodArgsError(f"need 0 ≤ start_layer < end_layer, got {self.start_layer}, {self.end_layer}")
+        if self.end_layer is not None and self.end_layer <= self.start_layer:
+            raise MethodArgsError(f"need start_layer < end_layer, got {self.start_layer}, {self.end_layer}")
 
 
 class PAI(BaselineDecoding):
@@ -80,8 +81,9 @@ class PAI(BaselineDecoding):
 
     def prefill(self, backbone: Backbone, batch: EncodedBatch, seeds: list[int]) -> Prefill:
         require_installed(backbone.model)
+        self.check_backbone(backbone)
         n_layers = int(backbone.text_config.num_hidden_layers)
-        end = n_layers if self.params.end_layer is None else min(self.params.end_layer, n_layers)
+        end = n_layers if self.params.end_layer is None else self.params.end_layer
         branches = self.branches(backbone, batch, seeds)
         ids, _, _ = stack_branches(branches, backbone.pad_token_id)
         self._edit = AttentionEdit(key_mask=backbone.image_token_mask(ids), alpha=self.params.alpha,

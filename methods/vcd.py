@@ -27,7 +27,7 @@ import torch
 
 from medbench.backbones.base import Backbone, EncodedBatch
 from medbench.engine import Branch, main_branch
-from medbench.method import MethodArgsError
+from medbench.method import Range
 from medbench.methods.contrastive import BaselineDecoding, DecodingParams, contrast, derived_generator
 
 
@@ -49,16 +49,12 @@ def add_diffusion_noise(pixel_values: torch.Tensor, noise_step: int, generators:
 @dataclass(frozen=True)
 class VCDParams(DecodingParams):
     PRESETS: ClassVar[dict] = {"reference": {}, "a3tune": {"top_k": 50}}
+    RANGES: ClassVar[dict[str, Range]] = {"noise_step": Range(0, 999)}
 
     variant: Literal["default", "reference", "a3tune"] = "default"
     alpha: float = 1.0
     beta: float = 0.1
     noise_step: int = 500
-
-    def validate(self) -> None:
-        super().validate()
-        if not 0 <= self.noise_step < 1000:
-            raise MethodArgsError(f"noise_step must be in [0, 999], got {self.noise_step}")
 
 
 class VCD(BaselineDecoding):

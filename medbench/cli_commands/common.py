@@ -6,12 +6,30 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from medbench.errors import ConfigError
 from medbench.method import MethodArgsError, parse_method_args
 
 RUN_FLAGS = ("method", "task", "model", "tuning", "decoding", "limit", "batch_size", "seed", "output_dir",
              "checkpoint_dir", "data_root", "device", "device_map", "max_new_tokens", "bertscore_model",
              "clinical_python", "shard")
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark, f"key {key!r} is given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def add_run_flags(p: argparse.ArgumentParser, *, require_method: bool = True) -> None:
@@ -21,11 +39,13 @@ def add_run_flags(p: argparse.ArgumentParser, *, require_method: bool = True) ->
     g.add_argument("--model", help="backbone name or local checkpoint directory (default tiny-med-llava)")
     g.add_argument("--tuning", help="tuning to compose with a decoding method: none|lora|a3tune")
     g.add_argument("--decoding", help="decoding method after a tuning method (default greedy)")
-    g.add_argument("--method-args", nargs="*", metavar="K=V", help="method hyperparameters, e.g. top_p=0.8; "
-                   "prefix tuning./decoding. when a name fits both")
+    g.add_argument("--method-args", nargs="*", action="extend", metavar="K=V",
+                   help="method hyperparameters, e.g. top_p=0.8; repeated flags add up, a name given twice is an "
+                   "error; they override --config's method_args; prefix tuning./decoding. when a name fits both")
     g.add_argument("--config", metavar="FILE.yaml", help="YAML file of these options; flags override it")
     h = p.add_argument_group("how to run")
-    h.add_argument("--limit", type=int, help="first N samples only (for quick checks; marked in tables)")
+    h.add_argument("--limit", type=int, help="first N ≥ 1 samples only (for quick checks; marked in tables); "
+                   "leave it out for every sample")
     h.add_argument("--batch-size", type=int, help="samples per forward pass (default 8)")
     h.add_argument("--seed", type=int, help="global seed (default 0); per-sample seeds derive from it")
     h.add_argument("--output-dir", help="where runs are written (default results/runs)")
@@ -47,13 +67,11 @@ def merged_config(args: argparse.Namespace) -> dict[str, Any]:
     """YAML config values overridden by the flags that were given."""
     data: dict[str, Any] = {}
     if getattr(args, "config", None):
-        import yaml
-
         path = Path(args.config)
         if not path.exists():
             raise ConfigError(f"config file {path} does not exist")
         try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            loaded = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML ({exc})") from None
         except UnicodeDecodeError as exc:
@@ -63,6 +81,8 @@ def merged_config(args: argparse.Namespace) -> dict[str, Any]:
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of option: value")
         data = {str(k).replace("-", "_"): v for k, v in loaded.items()}
+        if len(data) != len(loaded):
+            raise ConfigError(f"{path}: an option is given twice (spelled with - and with _)")
         if "method_args" in data:
             ma = data["method_args"]
             if isinstance(ma, dict):
@@ -83,13 +103,35 @@ def merged_config(args: argparse.Namespace) -> dict[str, Any]:
         if value is not None:
             data[key] = value
     if getattr(args, "method_args", None):
-        data["method_args"] = {**data.get("method_args", {}), **parse_method_args(args.method_args)}
+        try:
+            flags = parse_method_args(args.method_args)
+        except MethodArgsError as exc:
+            raise ConfigError(f"--method-args: {exc}") from None
+        data["method_args"] = {**without_overridden(data.get("method_args", {}), flags), **flags}
     if getattr(args, "quiet", False):
         data["progress"] = False
     for required in ("method", "task"):
         if not data.get(required):
             raise ConfigError(f"--{required} is required (on the command line or in --config)")
     return data
+
+
+def without_overridden(from_file: dict[str, Any], flags: dict[str, str]) -> dict[str, Any]:
+    """``--config`` method arguments minus those a flag overrides, however either spells the name.
+
+    ``lr`` and ``tuning.lr`` name the same argument; ``decoding.alpha`` and ``tuning.alpha`` do not.
+    """
+    def spelling(key: str) -> tuple[str | None, str]:
+        prefix, dot, rest = key.partition(".")
+        return (prefix, rest) if dot else (None, key)
+
+    given = [spelling(k) for k in flags]
+    kept = {}
+    for key, value in from_file.items():
+        prefix, name = spelling(key)
+        if not any(name == n and (None in (prefix, p) or prefix == p) for p, n in given):
+            kept[key] = value
+    return kept
 
 
 def _scalar_or_list(value: Any) -> bool:

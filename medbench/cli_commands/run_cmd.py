@@ -11,6 +11,7 @@ EPILOG = """examples:
   medbench run --method lora --task phantom-vqa                 # train LoRA, then greedy
   medbench run --method beam --tuning lora --task phantom-vqa
   medbench run --method nucleus --task phantom-vqa --method-args top_p=0.8 --seed 3
+  medbench run --method nucleus --task phantom-vqa --method-args top_p=0.8 --method-args temperature=0.7
   medbench run --method greedy --task phantom-report --limit 50
   medbench run --config run.yaml --limit 20                     # flags override the file
   torchrun --nproc-per-node 2 -m medbench run --method lora --task phantom-vqa   # DDP training + sharded eval

@@ -48,11 +48,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--figure", choices=sorted(FIGURES), help="a paper figure's grid")
     what.add_argument("--param", metavar="KEY=V1,V2,…", help="sweep one a3tune option")
-    p.add_argument("--method-args", nargs="*", metavar="K=V", help="a3tune options shared by every point")
+    p.add_argument("--method-args", nargs="*", action="extend", metavar="K=V",
+                   help="a3tune options shared by every point (repeated flags add up)")
     p.add_argument("--metric", action="append", help="metric(s) to plot (default by task kind)")
     p.add_argument("--model", default="tiny-med-llava")
     p.add_argument("--decoding", default="greedy")
-    p.add_argument("--limit", type=int)
+    p.add_argument("--limit", type=int, help="first N ≥ 1 evaluation samples of every point")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--output-dir", default="results/sweeps", help="sweep.csv / PNG go to <dir>/<task>/<name>")
@@ -75,10 +76,15 @@ def points(args: argparse.Namespace) -> tuple[str, str, list[tuple[str, dict[str
 
 
 def run_point(args: argparse.Namespace, extra: dict[str, str]) -> dict[str, Any]:
+    from medbench.errors import ConfigError
     from medbench.method import parse_method_args
     from medbench.runner import RunConfig, run
 
-    method_args = {**parse_method_args(args.method_args), **extra}
+    shared = parse_method_args(args.method_args)
+    clash = sorted(set(shared) & set(extra))
+    if clash:
+        raise ConfigError(f"--method-args {', '.join(clash)}: swept by this sweep, give it only there")
+    method_args = {**shared, **extra}
     cfg = RunConfig(method="a3tune", task=args.task, model=args.model, decoding=args.decoding,
                     method_args={f"tuning.{k}": v for k, v in method_args.items()}, limit=args.limit, seed=args.seed,
                     output_dir=args.runs_dir, checkpoint_dir=args.checkpoint_dir, device=args.device,
@@ -88,6 +94,9 @@ def run_point(args: argparse.Namespace, extra: dict[str, str]) -> dict[str, Any]
 
 def main(args: argparse.Namespace) -> int:
     from medbench.registry import TASKS
+    from medbench.runner import check_limit
+
+    check_limit(args.limit)
 
     name, xlabel, grid = points(args)
     kind = TASKS.get(args.task).kind

@@ -26,13 +26,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         a = actions.add_parser(name, help=helptext, formatter_class=formatter())
         a.add_argument("--task", required=True, help="task name, e.g. phantom-vqa")
         a.add_argument("--split", help="split (default: the task's train split for build, eval split for eval)")
-        a.add_argument("--limit", type=int, help="first N samples only")
+        a.add_argument("--limit", type=int, help="first N ≥ 1 samples only")
         a.add_argument("--data-root", help="dataset directory (default $MEDBENCH_DATA/<task>)")
         a.add_argument("--model", default="tiny-med-llava",
                        help="backbone whose token grid the labels are projected on (eval; default tiny-med-llava)")
         a.add_argument("--pixel-only", action="store_true", help="eval: skip the token-level metrics (no backbone)")
         a.add_argument("--output-dir", default="results/weak_labels", help="eval: where weak_label_quality.json goes")
-        a.add_argument("--method-args", nargs="*", metavar="K=V",
+        a.add_argument("--method-args", nargs="*", action="extend", metavar="K=V",
                        help="a3tune options: segmenter, scorer, top_k, query, grid_rule, sam_checkpoint, …")
         a.set_defaults(func=main)
     t = actions.add_parser("train-scorer", help="train the embedded clip_small scorer on phantom data",
@@ -50,12 +50,14 @@ def main(args: argparse.Namespace) -> int:
     from medbench.method import parse_method_args
     from medbench.methods.a3tune import A3Tune
     from medbench.registry import TASKS
+    from medbench.runner import check_limit
 
-    task = TASKS.get(args.task)(data_root=args.data_root)
+    check_limit(args.limit)
     method = A3Tune(**parse_method_args(args.method_args))
+    task = TASKS.get(args.task)(data_root=args.data_root)
     split = args.split or (task.train_split if args.action == "build" else task.eval_split)
     samples = sorted(task.load(split), key=lambda s: s.id)
-    if args.limit:
+    if args.limit is not None:
         samples = samples[: args.limit]
     progress = not getattr(args, "quiet", False)
     labeler = method.labeler(task, progress=progress)

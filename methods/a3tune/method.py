@@ -41,9 +41,7 @@ class A3Tune(TuningMethod):
 
     name = "a3tune"
     Params = A3TuneParams
-
-    def __init__(self, **overrides: Any):
-        super().__init__(**{ALIASES.get(k, k): v for k, v in overrides.items()})
+    ALIASES = ALIASES
 
     # ---- resolution ------------------------------------------------------------------------
     def resolved(self, backbone: Any, task: Any) -> Resolved:
@@ -143,7 +141,7 @@ class A3Tune(TuningMethod):
 
         p = self.params
         samples = task.load(task.train_split)
-        if p.train_limit:
+        if p.train_limit is not None:
             samples = samples[: p.train_limit]
         res = self.resolved(backbone, task)
         if p.top_heads is not None and p.top_heads > res.total_heads:

@@ -8,9 +8,9 @@ tasks) get the paper's report/VQA defaults (O^q=4, O^k=8, B=2, K=4) and a medben
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from medbench.method import MethodArgsError
+from medbench.method import MethodArgsError, Range
 from medbench.methods.lora import LoRAParams
 
 #: task → (epochs, λ, K, O^q, O^k, B) for the paper and the reference code (spec §5, Table 7).
@@ -44,6 +44,12 @@ class A3TuneParams(LoRAParams):
 
     The LoRA and optimisation options are inherited from the ``lora`` baseline's parameters.
     """
+
+    RANGES: ClassVar[dict[str, Range]] = {
+        "qmoe_experts": Range(lo=1), "kmoe_experts": Range(lo=1), "kmoe_top_b": Range(lo=1), "expert_r": Range(lo=1),
+        "expert_alpha": Range(lo=1), "router_hidden": Range(lo=1), "moe_balance_coef": Range(0.0, 100.0),
+        "lam": Range(0.0, 100.0), "top_heads": Range(lo=0.0), "calib_samples": Range(lo=1), "top_k": Range(lo=1),
+    }
 
     preset: Literal["paper", "ref"] = "paper"
     # A³MoE (§4.2.1)
@@ -85,20 +91,8 @@ class A3TuneParams(LoRAParams):
 
     def validate(self) -> None:
         super().validate()
-        if self.expert_r < 1:
-            raise MethodArgsError(f"expert_r must be ≥ 1, got {self.expert_r}")
-        for name in ("qmoe_experts", "kmoe_experts", "kmoe_top_b", "top_k"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise MethodArgsError(f"{name} must be ≥ 1, got {value}")
         if self.kmoe_experts and self.kmoe_top_b and self.kmoe_top_b > self.kmoe_experts:
             raise MethodArgsError(f"kmoe_top_b={self.kmoe_top_b} exceeds kmoe_experts={self.kmoe_experts}")
-        if self.lam is not None and self.lam < 0:
-            raise MethodArgsError(f"lam (λ) must be ≥ 0, got {self.lam}")
-        if self.top_heads is not None and self.top_heads < 0:
-            raise MethodArgsError(f"top_heads must be ≥ 0, got {self.top_heads}")
-        if self.batch_size < 1 or self.calib_samples < 1:
-            raise MethodArgsError("batch_size and calib_samples must be ≥ 1")
 
 
 @dataclass(frozen=True)
