@@ -15,8 +15,8 @@ cached split holds are further images of the same stream); nothing is written to
 ``images=0`` every step renders fresh ones (step ``s`` uses images ``s·B … s·B+B-1``), so no image is
 seen twice; rendering then costs more CPU than the tower's step, so ``images=N`` renders a pool of
 the first ``N`` images once and steps through it in epochs, each in its own seeded order. The batch
-of a step is a function of the step number alone, so a run is deterministic for a seed and thread
-count, and step checkpoints (:mod:`medbench.train_state`) under ``OUTPUT/state`` let a killed run
+of a step is a function of the step number alone, so a run is deterministic for a seed, thread
+count and generator source (its hash is part of the run key and of ``pretrain.json``), and step checkpoints (:mod:`medbench.train_state`) under ``OUTPUT/state`` let a killed run
 resume step for step.
 """
 
@@ -171,12 +171,13 @@ def start_model(init_from: str | None, seed: int, vocab_size: int) -> tuple[Any,
 
 def _run_key(config: VisionPretrainConfig, named: dict[str, torch.Tensor]) -> str:
     from medbench.hashing import sha256_file, sha256_obj
+    from medbench.vision_targets import generator_source
 
     settings = {k: v for k, v in asdict(config).items() if k != "checkpoint_every"}
     start = None
     if config.init_from:
         start = sha256_file(Path(config.init_from) / "model.safetensors")
-    return sha256_obj({"stage": "vision", "config": settings, "start": start,
+    return sha256_obj({"stage": "vision", "config": settings, "start": start, "phantom": generator_source(),
                        "params": {n: list(p.shape) for n, p in named.items()}})
 
 
@@ -194,7 +195,7 @@ def pretrain_vision(output: str | Path, config: VisionPretrainConfig = VisionPre
     from medbench.backbones.base import Backbone
     from medbench.backbones.templates import TINY
     from medbench.console import progress_bars_enabled
-    from medbench.vision_targets import PHANTOM_VERSION, STRUCTURES
+    from medbench.vision_targets import PHANTOM_VERSION, STRUCTURES, generator_source
 
     started = time.time()
     output = Path(output)
@@ -262,6 +263,7 @@ def pretrain_vision(output: str | Path, config: VisionPretrainConfig = VisionPre
         "resumed_at_step": start, "images_seen": total * config.batch_size,
         "distinct_images": config.images or total * config.batch_size,
         "structures": list(STRUCTURES), "phantom_version": PHANTOM_VERSION,
+        "phantom_source": generator_source()[:16],
         "torch_threads": torch.get_num_threads(),
         "final_losses": {k: round(sum(v[-50:]) / max(1, len(v[-50:])), 4) for k, v in curves.items()},
         "curve_every": CURVE_EVERY, "curves": {k: _curve(v) for k, v in curves.items()},

@@ -83,7 +83,7 @@ def probe_set(backbone: Any, split: str, n: int, config: ProbeConfig) -> tuple[n
 
 def linear_probe(backbone: Any, config: ProbeConfig = ProbeConfig()) -> dict[str, Any]:
     """Image-level lesion presence and per-cell lesion occupancy probes (see the module doc)."""
-    from medbench.vision_targets import LESION_CELL_FRACTION, PHANTOM_VERSION
+    from medbench.vision_targets import LESION_CELL_FRACTION, PHANTOM_VERSION, generator_source
 
     x_train, yi_train, yc_train = probe_set(backbone, "train", config.n_train, config)
     x_test, yi_test, yc_test = probe_set(backbone, "test", config.n_test, config)
@@ -91,6 +91,7 @@ def linear_probe(backbone: Any, config: ProbeConfig = ProbeConfig()) -> dict[str
     image = fit_score(x_train.mean(axis=1), yi_train, x_test.mean(axis=1), yi_test, config.c, config.max_iter)
     cell = fit_score(x_train.reshape(-1, dim), yc_train.reshape(-1), x_test.reshape(-1, dim), yc_test.reshape(-1),
                      config.c, config.max_iter)
-    return {"model": backbone.checkpoint_id, "phantom_version": PHANTOM_VERSION, "grid": backbone.grid_size,
+    return {"model": backbone.checkpoint_id, "phantom_version": PHANTOM_VERSION,
+            "phantom_source": generator_source()[:16], "grid": backbone.grid_size,
             "token_dim": int(dim), "cell_rule": f"lesion pixels >= {LESION_CELL_FRACTION:.0%} of the cell",
             "config": asdict(config), "image_lesion": image, "cell_lesion": cell}

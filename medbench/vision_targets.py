@@ -118,6 +118,13 @@ def cell_targets(rendered: Any, grid: int) -> CellTargets:
     )
 
 
+def generator_source() -> str:
+    """The sha256 of the phantom v3 generator's source: images of one index differ across sources."""
+    from medbench.tasks.phantom import v3
+
+    return str(v3.SOURCE_SHA256)
+
+
 def render(seed: int, split: str, index: int) -> Any:
     """Image ``index`` of a phantom v3 split, rendered in memory (indices past the split's size are
     further images of the same split's stream, never those of another split)."""
