@@ -21,8 +21,9 @@ The probes:
   questions whose answer is a place ("which side is the lesion on?").
 
 Histograms are normalised to sum to 1 (an empty RoI gives all zeros). Grey level is PIL's ``L``
-conversion; 16-bit, 32-bit and float images are first rescaled linearly by their own min–max range
-to 0–255 (a constant one to 0). A mask PNG of another size than its image is resized to the image
+conversion of the image as medbench feeds it to a model (:func:`medbench.images.open_image`:
+16-bit, 32-bit and float images rescaled by their own min–max range; one that cannot be is
+skipped with its reason). A mask PNG of another size than its image is resized to the image
 with nearest-neighbour resampling; boxes are in image pixels. Every image is decoded once, however
 many questions it has; nothing is cached on disk.
 
@@ -201,17 +202,10 @@ def grey_histogram(pixels: np.ndarray) -> np.ndarray:
 
 
 def _grey(path: str) -> np.ndarray:
-    """The image at ``path`` as a 2-D uint8 grey array."""
-    from PIL import Image
+    """The image at ``path`` as a 2-D uint8 grey array (high-depth images rescaled as for a model)."""
+    from medbench.images import open_image
 
-    with Image.open(path) as im:
-        if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-            values = np.asarray(im, dtype=np.float64)
-            lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
-            if not np.isfinite([lo, hi]).all() or hi == lo:
-                return np.zeros(values.shape, np.uint8)
-            return np.rint(np.nan_to_num(values - lo) * (255.0 / (hi - lo))).clip(0, 255).astype(np.uint8)
-        return np.asarray(im.convert("L"))
+    return np.asarray(open_image(path, keep_grey=True).convert("L"))
 
 
 def roi_mask(roi: RoI, width: int, height: int) -> np.ndarray:

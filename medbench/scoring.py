@@ -265,7 +265,7 @@ def score_run(run_dir: str | Path, *, samples: list[Sample] | None = None, task:
 
         task = open_task(config["task"], config.get("data_root"), run_info.get("task_version"))
     if samples is None:
-        samples = select_samples(task, config.get("limit"))
+        samples = select_samples(task, config.get("limit") or None)  # old run.json files recorded 0 for "all"
     header, raw_rows = read_rows(run_dir / "predictions.jsonl")
     if header.get("fingerprint") != run_info["fingerprint"]:
         raise IncompleteRun(f"{run_dir}: predictions and run.json disagree on the fingerprint")

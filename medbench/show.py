@@ -115,10 +115,11 @@ def _row(run: RunView, sample_id: str) -> dict[str, Any]:
 def frame_image(sample: Sample, geometry: dict[str, Any]) -> np.ndarray:
     """The sample's image as the backbone saw it: H×W×3 uint8 in the model-input frame."""
     from medbench.geometry import PAD, apply_geometry, pad_image
+    from medbench.images import open_image
 
-    with Image.open(sample.image_path) as im:
-        image = pad_image(im, geometry) if geometry.get("mode") == PAD else im.convert("RGB")
-        return np.asarray(apply_geometry(image, geometry, Image.BICUBIC))
+    im = open_image(sample.image_path, keep_grey=True)  # high-depth images rescaled as for the model
+    image = pad_image(im, geometry) if geometry.get("mode") == PAD else im.convert("RGB")
+    return np.asarray(apply_geometry(image, geometry, Image.BICUBIC))
 
 
 def _roi_mask(sample: Sample, geometry: dict[str, Any]) -> np.ndarray | None:
