@@ -20,6 +20,25 @@ REPORT_PROMPTS = (
 )
 
 
+COUNT_WORDS = {1: "a", 2: "two", 3: "three"}
+DENSITY = {
+    "ct": {"bright": ("hyperdense", "bright"), "dark": ("hypodense", "dark")},
+    "mri": {"bright": ("hyperintense", "bright"), "dark": ("hypointense", "dark")},
+}
+NOUNS = {
+    "cyst": (("cyst", "cysts"), ("cystic lesion", "cystic lesions")),
+    "tumor": (("tumor", "tumors"), ("mass", "masses")),
+    "nodule": (("nodule", "nodules"),),
+}
+
+
+def say(rng: np.random.Generator, phrases: dict[str, tuple[str, ...]], key: str, **fields: str) -> str:
+    """One phrasing of ``phrases[key]`` (drawn with ``rng``), filled in and capitalised."""
+    options = phrases[key]
+    text = options[int(rng.integers(len(options)))].format(**fields)
+    return text[0].upper() + text[1:]
+
+
 def stream_rng(version: str, seed: int, split: str, index: int, stream: str) -> np.random.Generator:
     """A generator seeded from a stable hash of (version, seed, split, index, stream)."""
     key = f"phantom\x1f{version}\x1f{seed}\x1f{split}\x1f{index}\x1f{stream}".encode()

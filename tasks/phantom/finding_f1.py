@@ -8,14 +8,24 @@ with a percentile-bootstrap CI.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 from medbench.metrics import Metric, MetricResult, scoreable_rows
 from medbench.metrics.bootstrap import mean_and_ci
 
 Finding = tuple[str, str]
+_SENTENCE_SPLIT = re.compile(r"(?<=[.!?;])\s+|\n+")
 Labeler = Callable[[str | None], frozenset[Finding]]
+
+
+def sentences(text: str | None) -> Iterator[str]:
+    """The lower-cased sentences of a report, commas dropped, whitespace collapsed, end marks stripped."""
+    for raw in _SENTENCE_SPLIT.split(str(text or "").lower()):
+        s = " ".join(raw.replace(",", " ").split()).strip(" .!?;:")
+        if s:
+            yield s
 
 
 def finding_f1(reference: frozenset[Finding] | set[Finding],

@@ -32,7 +32,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from medbench.tasks.phantom.finding_f1 import Finding, FindingF1, finding_f1
+from medbench.tasks.phantom.finding_f1 import Finding, FindingF1, finding_f1, sentences
 
 __all__ = ["PROTOCOL", "Finding", "FindingF1", "finding_f1", "label_report", "reference_findings"]
 
@@ -41,7 +41,6 @@ _ENLARGEABLE = {"ct": "aorta", "mri": "ventricles", "x-ray": "heart"}
 _COUNTABLE = ("cyst", "tumor", "nodule")
 _SIDED_SITES = ("kidney", "hemisphere", "lung")
 
-_SENTENCE_SPLIT = re.compile(r"(?<=[.!?;])\s+|\n+")
 _MODALITY = (
     ("ct", re.compile(r"\bct\b|computed tomograph|\bcat scan")),
     ("mri", re.compile(r"\bmri?\b|\bmr\b|magnetic resonance|t[12]-weighted")),
@@ -190,12 +189,7 @@ def _sentence(s: str) -> set[Finding]:
 
 def label_report(text: str | None) -> frozenset[Finding]:
     """The set of structured findings a (generated or predicted) phantom report states."""
-    out: set[Finding] = set()
-    for raw in _SENTENCE_SPLIT.split(str(text or "").lower()):
-        s = " ".join(raw.replace(",", " ").split()).strip(" .!?;:")
-        if s:
-            out |= _sentence(s)
-    return frozenset(out)
+    return frozenset().union(*(_sentence(s) for s in sentences(text)))
 
 
 def reference_findings(findings: Any) -> frozenset[Finding]:

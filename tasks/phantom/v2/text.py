@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from medbench.tasks.phantom.common import CLOSED, OPEN, QA
+from medbench.tasks.phantom.common import CLOSED, COUNT_WORDS, DENSITY, NOUNS, OPEN, QA, say
 from medbench.tasks.phantom.common import yes as _yes
 from medbench.tasks.phantom.draw import MODALITIES
 from medbench.tasks.phantom.v2.anatomy import Findings
@@ -326,16 +326,6 @@ def make_questions(
 
 # ---- reports -------------------------------------------------------------------------------
 
-_COUNT_WORDS = {1: "a", 2: "two", 3: "three"}
-_DENSITY = {
-    "ct": {"bright": ("hyperdense", "bright"), "dark": ("hypodense", "dark")},
-    "mri": {"bright": ("hyperintense", "bright"), "dark": ("hypointense", "dark")},
-}
-_NOUNS = {
-    "cyst": (("cyst", "cysts"), ("cystic lesion", "cystic lesions")),
-    "tumor": (("tumor", "tumors"), ("mass", "masses")),
-    "nodule": (("nodule", "nodules"),),
-}
 _PHRASES: dict[str, tuple[str, ...]] = {
     "header_ct": (
         "Axial CT of the abdomen.", "Axial CT image of the upper abdomen.",
@@ -398,9 +388,7 @@ _PHRASES: dict[str, tuple[str, ...]] = {
 
 
 def _say(rng: np.random.Generator, key: str, **fields: str) -> str:
-    """One phrasing of ``key``, filled in and capitalised."""
-    text = _pick(rng, _PHRASES[key]).format(**fields)
-    return text[0].upper() + text[1:]
+    return say(rng, _PHRASES, key, **fields)
 
 
 def _lesion_sentence(f: Findings, rng: np.random.Generator) -> str:
@@ -408,10 +396,10 @@ def _lesion_sentence(f: Findings, rng: np.random.Generator) -> str:
     assert f.kind is not None
     if f.kind in ("opacity", "effusion"):
         return _say(rng, f.kind, side=f.side, zone=str(f.zone))
-    singular, plural = _pick(rng, _NOUNS[f.kind])
-    words = [_COUNT_WORDS[f.count], str(f.size)]
+    singular, plural = _pick(rng, NOUNS[f.kind])
+    words = [COUNT_WORDS[f.count], str(f.size)]
     if f.intensity is not None:
-        words.append(_pick(rng, _DENSITY[f.modality][f.intensity]))
+        words.append(_pick(rng, DENSITY[f.modality][f.intensity]))
     words.append(singular if f.count == 1 else plural)
     side, zone = f.side, f.zone
     where = {

@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from medbench.tasks.phantom.finding_f1 import Finding, FindingF1
+from medbench.tasks.phantom.finding_f1 import Finding, FindingF1, sentences
 from medbench.tasks.phantom.v3.text import NAMES, report_statements
 
 PROTOCOL = "phantom-findings-v3"
@@ -29,7 +29,6 @@ _CATEGORY = {  # report statement key -> finding category
     "normal_size": "normal_size", "normal_aorta": "normal_size", "normal_heart": "normal_size",
     "absent": "absent", "pacemaker": "device", "normal": "normal",
 }
-_SENTENCE_SPLIT = re.compile(r"(?<=[.!?;])\s+|\n+")
 _BY_NAME = sorted(((name, key) for key, name in NAMES.items()), key=lambda kv: -len(kv[0]))
 _STRUCTURE = re.compile("|".join(rf"\b{re.escape(name)}\b" for name, _ in _BY_NAME))
 _KEY = {name: key for name, key in _BY_NAME}
@@ -106,12 +105,7 @@ def _sentence(s: str) -> set[Finding]:
 
 def label_report(text: str | None) -> frozenset[Finding]:
     """The set of structured findings a (generated or predicted) phantom v3 report states."""
-    out: set[Finding] = set()
-    for raw in _SENTENCE_SPLIT.split(str(text or "").lower()):
-        s = " ".join(raw.replace(",", " ").split()).strip(" .!?;:")
-        if s:
-            out |= _sentence(s)
-    return frozenset(out)
+    return frozenset().union(*(_sentence(s) for s in sentences(text)))
 
 
 def reference_findings(findings: Any) -> frozenset[Finding]:

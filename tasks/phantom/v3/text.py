@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from medbench.tasks.phantom.common import CLOSED, OPEN, QA, yes
+from medbench.tasks.phantom.common import CLOSED, COUNT_WORDS, DENSITY, NOUNS, OPEN, QA, say, yes
 from medbench.tasks.phantom.draw import _pick
 from medbench.tasks.phantom.v3.anatomy import Findings, Lesion
 from medbench.types import AnswerType
@@ -309,16 +309,6 @@ def make_questions(f: Findings, rng: np.random.Generator, k: int = 3) -> list[tu
 
 # ---- reports -------------------------------------------------------------------------------
 
-_COUNT_WORDS = {1: "a", 2: "two"}
-_DENSITY = {
-    "ct": {"bright": ("hyperdense", "bright"), "dark": ("hypodense", "dark")},
-    "mri": {"bright": ("hyperintense", "bright"), "dark": ("hypointense", "dark")},
-}
-_NOUNS = {
-    "cyst": (("cyst", "cysts"), ("cystic lesion", "cystic lesions")),
-    "tumor": (("tumor", "tumors"), ("mass", "masses")),
-    "nodule": (("nodule", "nodules"),),
-}
 PHRASES: dict[str, tuple[str, ...]] = {
     "header_ct": ("Axial CT of the abdomen.", "Axial CT image of the upper abdomen.", "Abdominal CT, axial view."),
     "header_mri": ("{plane} MRI of the brain.", "{plane} T2-weighted MR image of the head.", "Brain MRI, {plane} plane."),
@@ -344,19 +334,17 @@ PHRASES: dict[str, tuple[str, ...]] = {
 
 
 def _say(rng: np.random.Generator, key: str, **fields: str) -> str:
-    """One phrasing of ``key``, filled in and capitalised."""
-    text = _pick(rng, PHRASES[key]).format(**fields)
-    return text[0].upper() + text[1:]
+    return say(rng, PHRASES, key, **fields)
 
 
 def _lesion_sentence(f: Findings, les: Lesion, rng: np.random.Generator) -> str:
     where = NAMES[les.slot]
     if les.kind in ("opacity", "effusion"):
         return _say(rng, les.kind, where=where)
-    singular, plural = _pick(rng, _NOUNS[les.kind])
-    words = [_COUNT_WORDS[les.count], str(les.size)]
+    singular, plural = _pick(rng, NOUNS[les.kind])
+    words = [COUNT_WORDS[les.count], str(les.size)]
     if les.intensity is not None:
-        words.append(_pick(rng, _DENSITY[f.modality][les.intensity]))
+        words.append(_pick(rng, DENSITY[f.modality][les.intensity]))
     words.append(singular if les.count == 1 else plural)
     verb = "is" if les.count == 1 else "are"
     return _say(rng, "lesion", phrase=" ".join(words), verb=verb, where=where)
