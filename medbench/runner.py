@@ -243,6 +243,9 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         info, group, lambda: prepare_tuning(cfg, res, backbone, task, device),
         None if res.tuning == "none" or group else lambda: tuning_checkpoint(cfg, res, backbone, task) / "COMPLETE")
     train_seconds = time.time() - t_train
+    bind = getattr(decoder, "bind", None)
+    if callable(bind):  # backbone-dependent defaults (e.g. ControlMLLM's η) enter the fingerprint and run.json
+        bind(backbone)
     max_new = cfg.max_new_tokens or getattr(task, "max_new_tokens", None) or DEFAULT_MAX_NEW_TOKENS[task.kind]
     geometry = geometry_record(backbone)
     # The backbone fixes the grid and frame, so the fingerprint takes the protocol without them.

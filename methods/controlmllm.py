@@ -15,11 +15,23 @@ Without an early stop ``P̃* = β·P_T + (1−β)·P̃_{T−1}``; the answer is 
 ``E + P̃*``. Samples are optimised together; each gradient depends only on its own ``P``.
 Every sample needs an RoI: the method refuses a task without RoIs (:class:`MissingRoIError`).
 
-Defaults (paper App. B, LLaVA-Med v1.5): β=0.5, α=400, lr=1 (v1: 4), T=5, early stop on, greedy.
-Variant ``reference``: the offsets accumulate (``E + Σ_s P̃_s``), as the reference's in-place
-``inputs_embeds +=`` on an aliased tensor does. The reference decodes ``generate(30)`` per step
-but uses only the prefill attention; medbench runs the prefill alone (same loss). T=0, lr=0 or
-α=0 reduce to greedy.
+Defaults (A³TUNE paper App. B): β=0.5, α=400, T=5, early stop on, greedy; ``lr`` left unset is
+the backbone's ``controlmllm_lr`` (η=4 for LLaVA-Med v1, 1 for LLaVA-Med v1.5 and every other
+backbone), and the resolved value is recorded in the run's ``method_args``.
+
+Variant ``reference`` reproduces the loop of the reference ``llava_roc.py``:
+
+* the embeddings tensor is aliased and updated in place (``inputs_embeds +=``), so the offsets
+  accumulate: step t prefills ``E + Σ_{s≤t} P̃_s``;
+* the EMA history starts as the very Parameter ``P_0`` (``vprompt_history = visual_prompt``), so
+  ``P̃_0 = β·P_0 + (1−β)·P_0`` has gradient ``1·∂L/∂E`` instead of ``β·∂L/∂E``: the first step is
+  ``1/β`` times (twice, at β=0.5) the default's;
+* on an early stop at step t the latest ``P̃_t`` has already been added in place before the
+  ``break`` and is added again after the loop: the answer decodes from ``E + Σ_{s≤t} P̃_s + P̃_t``
+  (without an early stop ``E + Σ_{s<T} P̃_s + P̃*``).
+
+The reference decodes ``generate(30)`` per step but uses only the prefill attention; medbench
+runs the prefill alone (same loss). T=0, lr=0 or α=0 reduce to greedy.
 """
 
 from __future__ import annotations
@@ -52,7 +64,7 @@ class ControlMLLMParams(DecodingParams):
     variant: Literal["default", "reference"] = "default"
     beta: float = 0.5
     alpha: float = 400.0
-    lr: float = 1.0
+    lr: float | None = None
     steps: int = 5
     early_stop: bool = True
     stop_ratio: float = 0.25
@@ -80,6 +92,21 @@ def energy(relevance: torch.Tensor, roi: torch.Tensor, alpha: float) -> torch.Te
 class ControlMLLM(BaselineDecoding):
     name = "controlmllm"
     Params = ControlMLLMParams
+
+    def step_size(self, backbone: Backbone) -> float:
+        """η: the user's ``lr``, else the backbone's ``controlmllm_lr`` (App. B: v1 4, v1.5 1)."""
+        lr = self.params.lr
+        return float(lr if lr is not None else getattr(backbone, "controlmllm_lr", 1.0))
+
+    def bind(self, backbone: Backbone) -> None:
+        """Resolve the backbone-dependent default (η) so that :meth:`resolved_args` records it."""
+        self._lr = self.step_size(backbone)
+
+    def resolved_args(self) -> dict[str, Any]:
+        args = super().resolved_args()
+        if args["lr"] is None and getattr(self, "_lr", None) is not None:
+            args["lr"] = self._lr
+        return args
 
     def check_samples(self, samples: list[Any]) -> None:
         missing = [s.id for s in samples if getattr(s, "roi", None) is None]
@@ -113,35 +140,37 @@ class ControlMLLM(BaselineDecoding):
         return (attn * valid[..., None]).sum(1) / valid.sum(1, keepdim=True)
 
     def optimise(self, backbone: Backbone, batch: EncodedBatch, roi: torch.Tensor) -> torch.Tensor:
-        """``E + P̃*`` (or ``E + Σ P̃_s`` for ``reference``) after the latent updates."""
+        """``E + P̃*`` after the latent updates (``reference``: the reference loop's offsets, see above)."""
         p = self.params
+        lr = self.step_size(backbone)
         ids, mask = batch.input_ids.clone(), batch.attention_mask.clone()
         base = encode_images(backbone.model, batch.pixel_values.clone()).detach()
         latent = torch.zeros_like(base, requires_grad=True)
-        previous = torch.zeros_like(base)
+        reference = p.variant == "reference"
+        previous = latent if reference else torch.zeros_like(base)
         total = torch.zeros_like(base)
         final = torch.zeros_like(base)
         done = torch.zeros(base.shape[0], dtype=torch.bool, device=base.device)
         first: torch.Tensor | None = None
-        accumulate = p.variant == "reference"
         for t in range(p.steps):
             ema = p.beta * latent + (1 - p.beta) * previous
-            offset = total + ema if accumulate else ema
+            offset = total + ema if reference else ema
             loss = energy(self.relevance(backbone, ids, mask, base + offset), roi, p.alpha)
             first = loss.detach() if first is None else first
             if t >= 1 and p.early_stop:
                 stop = ~done & ((loss.detach() - first).abs() > p.stop_ratio * first)
-                final[stop] = offset.detach()[stop]
+                kept = offset + ema if reference else offset
+                final[stop] = kept.detach()[stop]
                 done |= stop
                 if bool(done.all()):
                     break
             (grad,) = torch.autograd.grad(loss.sum(), latent)
             with torch.no_grad():
-                latent = (latent - p.lr * grad).requires_grad_(True)
+                latent = (latent - lr * grad).requires_grad_(True)
             previous = ema.detach()
             total = total + previous
         end = (p.beta * latent + (1 - p.beta) * previous).detach()
-        end = total + end if accumulate else end
+        end = total + end if reference else end
         final[~done] = end[~done]
         return (base + final).detach()
 

@@ -24,7 +24,7 @@ DEFAULTS = {
     "m3id": {"lam": 0.02, "beta": 0.1, "selection": "sample", "alpha_conf": None},
     "damro": {"k": 10, "alpha": 0.5, "beta": 0.1, "selection": "sample"},
     "pai": {"alpha": 0.2, "gamma": 1.1, "start_layer": 2, "end_layer": None, "beta": 0.1, "selection": "greedy"},
-    "controlmllm": {"beta": 0.5, "alpha": 400.0, "lr": 1.0, "steps": 5, "early_stop": True, "selection": "greedy"},
+    "controlmllm": {"beta": 0.5, "alpha": 400.0, "lr": None, "steps": 5, "early_stop": True, "selection": "greedy"},
 }
 
 
@@ -99,3 +99,5 @@ def test_end_to_end_run(tmp_path, method):
                             checkpoint_dir=str(tmp_path / "ckpt")))
     assert results["counts"].get("failed", 0) == 0
     assert any((tmp_path / "runs").rglob("predictions.jsonl"))
+    if method == "controlmllm":  # η resolved from the backbone (tiny-med-llava: 1) and recorded
+        assert results["method_args"]["decoding"]["lr"] == 1.0

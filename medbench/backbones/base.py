@@ -43,6 +43,9 @@ class Backbone:
     name: ClassVar[str] = "llava"
     #: Learning rate of tuning methods when the user sets none (paper Appendix C: 2e-4).
     default_tuning_lr: ClassVar[float] = 2e-4
+    #: ControlMLLM's latent step size η when the user sets none (A³TUNE paper App. B: 1 for
+    #: LLaVA-Med v1.5; LLaVA-Med v1 overrides it with 4).
+    controlmllm_lr: ClassVar[float] = 1.0
 
     def __init__(self, model: Any, processor: Any, template: PromptTemplate, *, checkpoint_id: str):
         self.model = model
