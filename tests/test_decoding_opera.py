@@ -6,6 +6,7 @@ import pytest
 import torch
 from decoding_fixtures import SEEDS, encode, select_rows, shared_backbone
 
+from medbench.backbones.base import Backbone
 from medbench.engine import encode_images, hf_generate, image_inputs, joint_prefill, main_branch
 from medbench.methods.opera import OPERA, overtrust
 from medbench.types import AnswerType
@@ -21,12 +22,76 @@ def setup():
 def test_overtrust_hand_values():
     omega = torch.tensor([[[0.5, 0.0], [0.2, 0.8]]])
     rows = torch.tensor([[[0.1, 0.3, 0.6]]])
-    phi, loc = overtrust(omega, rows, 10.0, half=False)
+    phi, loc = overtrust(omega, rows, 10.0)
     cols = torch.tensor([5.0 * 2.0 * 1.0, 8.0 * 3.0, 6.0]) * 1e-7  # Π_{i≥j} σ·ω_ij per column j
     assert loc.item() == 1
     assert phi.item() == pytest.approx(float(cols.max()), rel=1e-6)
-    big = overtrust(omega * 1e6, rows, 10.0, half=True)[0]
-    assert torch.isinf(big).all()  # the reference's float16 buffer saturates
+
+
+def test_overtrust_float16_overflows_to_inf_like_the_reference():
+    """σ=50, column 0 = 0.9, 0.9 and the candidate's 0.9: Π = 45³ = 91125 > 65504 (float16's max)."""
+    omega = torch.tensor([[[0.9, 0.0], [0.9, 0.1]]])
+    rows = torch.tensor([[[0.9, 0.05, 0.05]]])
+    phi32, loc32 = overtrust(omega, rows, 50.0)
+    assert phi32.item() == pytest.approx(91125 * 1e-7, rel=1e-4) and loc32.item() == 0  # 1e-7·Π = 0.0091
+    phi16, loc16 = overtrust(omega, rows, 50.0, "float16")
+    assert torch.isinf(phi16).all() and loc16.item() == 0
+    # below the overflow the float16 path rounds: column 1 = 5·2.5 → 1.25e-6 (a float16 subnormal)
+    small = overtrust(omega[..., :, :], torch.tensor([[[0.0, 0.05, 0.05]]]), 50.0, "float16")[0]
+    assert small.item() == float(torch.tensor(1.25e-6).half()) and small.item() != 1.25e-6
+    tiny = overtrust(torch.zeros(1, 0, 0), torch.tensor([[[0.004]]]), 50.0, "float16")[0]
+    assert tiny.item() == 0.0  # 1e-7·0.2 = 2e-8 is below half float16's smallest subnormal
+
+
+def test_overflowed_candidates_fall_to_the_reference_floor():
+    """All five candidates at φ=inf: −inf; every non-candidate at −999 is then equally likely."""
+    vocab, beams = 12, 2
+    logits = torch.randn(beams, vocab, generator=torch.Generator().manual_seed(0))
+    cand_scores, cand = logits.topk(5, dim=-1)
+    penalty = torch.full((beams, 5), float("inf"))
+    penalty[1] = 0.01  # beam 1 keeps its candidates
+    ref = OPERA(variant="reference").candidate_scores(logits, cand, cand_scores, penalty)
+    assert torch.isneginf(ref[0, cand[0]]).all()
+    others = torch.ones(vocab, dtype=torch.bool)
+    others[cand[0]] = False
+    torch.testing.assert_close(ref[0, others], torch.full((vocab - 5,), -torch.log(torch.tensor(7.0)).item()))
+    assert torch.isfinite(ref[1, cand[1]]).all() and bool((ref[1, cand[1]] > -50).all())
+    default = OPERA().candidate_scores(logits, cand, cand_scores, penalty)
+    assert torch.isneginf(default[0]).all()  # beam 0 dies for this step; beam 1 is unchanged
+    torch.testing.assert_close(default[1, cand[1]], torch.log_softmax(cand_scores[1] - 0.01 * 1.0, -1))
+    assert OPERA(variant="reference").params.overtrust_dtype == "float16"
+    assert OPERA(variant="a3tune").params.overtrust_dtype == "float16"
+    assert OPERA().params.overtrust_dtype == "float32"
+
+
+def test_reference_rollback_rule_by_hand():
+    """r* from the current beams' modes; per-slot records; counts spent before the window test."""
+    method = OPERA(variant="reference", window_size=16, num_attn_candidates=2)
+    slots = torch.tensor([[12, 12, 3], [12, 5, 12], [4, 12, 12]])  # each slot: 12 twice
+    modes = torch.tensor([12, 12, 7])
+    used: dict = {}
+    # prompt 100, response start 100, step t=20: r*=12 → position 13 → step 13
+    assert method.reference_rollback_target(slots, modes, 100, 100, 20, 1, used) == 13
+    assert method.reference_rollback_target(slots, modes, 100, 100, 20, 1, used) == 13
+    assert method.reference_rollback_target(slots, modes, 100, 100, 20, 1, used) == 12  # 13 used N_can times
+    assert method.reference_rollback_target(slots, modes, 100, 100, 20, 1, used) == 12
+    assert method.reference_rollback_target(slots, modes, 100, 100, 20, 1, used) is None
+    assert used == {13: 2, 12: 2}
+    assert method.reference_rollback_target(slots, modes, 100, 100, 20, 2, {}) is None  # not > threshold
+    assert method.reference_rollback_target(slots, torch.tensor([12, 7, 7]), 100, 100, 20, 1, {}) is None  # r*=7<10
+    far: dict = {}
+    assert method.reference_rollback_target(slots, modes, 100, 100, 29, 1, far) is None  # 29−13 ≥ window 16
+    assert far == {13: 1}  # the count is spent before the window test
+    assert method.reference_rollback_target(slots, modes, 100, 100, 28, 1, {}) == 13
+    assert method.reference_rollback_target(slots, modes, 100, 100, 13, 1, {}) == 12  # at most the previous step
+    assert method.reference_rollback_target(slots, modes, 90, 100, 15, 1, {}) == 3  # window starts 10 early
+    short: dict = {}
+    assert OPERA(variant="reference", window_size=13).reference_rollback_target(slots, modes, 100, 100, 20, 1,
+                                                                                  short) is None
+    assert short == {}  # position 13 is past the reference's 13-entry counter
+    # the default takes r* from the last lineage record and may re-select the current step
+    lineage = OPERA(window_size=8, num_attn_candidates=2)
+    assert lineage.rollback_target(torch.tensor([[12, 12], [12, 12], [12, 12]]), 100, 100, 13, 1, {}) == 13
 
 
 def single(backbone, batch, i=0):
@@ -147,7 +212,49 @@ def test_natural_rollback_and_variants_complete(setup):
     for variant in ("reference", "a3tune"):
         gen = OPERA(variant=variant, max_new_tokens=2).generate(backbone, select_rows(batch, [0]), SEEDS[:1], 2)
         assert len(gen.tokens) == 1 and len(gen.tokens[0]) <= 2
-    assert OPERA(variant="a3tune").params.max_new_tokens == 128
+
+
+
+class V1Like(Backbone):
+    a3tune_wiring = "v1"
+
+
+def test_a3tune_wiring_from_the_image_span(setup):
+    """A3Tune's hard-coded positions through the span: v1.5 R = P−(N−1), v1 R = P+N, slice N+1 long."""
+    backbone, _, _, batch = setup
+    v1 = V1Like(backbone.model, backbone.processor, backbone.template, checkpoint_id="v1-like")
+    span = torch.arange(7, 7 + 64)
+    start, cols = OPERA().key_positions(backbone, span, 90)
+    assert start == 90 and torch.equal(cols, span)
+    start, cols = OPERA(variant="a3tune").key_positions(backbone, span, 90)
+    assert start == 90 - 63 and torch.equal(cols, torch.arange(7, 72))
+    start, cols = OPERA(variant="a3tune").key_positions(v1, span, 90)
+    assert start == 90 + 64 and torch.equal(cols, torch.arange(7, 72))
+    assert OPERA(variant="a3tune").new_tokens(backbone) == 128 and OPERA(variant="a3tune").new_tokens(v1) == 512
+    assert OPERA(variant="a3tune", max_new_tokens=7).new_tokens(v1) == 7 and OPERA().new_tokens(v1) is None
+    bound = OPERA(variant="a3tune")
+    bound.bind(v1)
+    assert bound.resolved_args()["max_new_tokens"] == 512
+    ids, pixels = single(backbone, batch, 0)
+    tokens, _ = OPERA(variant="a3tune", max_new_tokens=4, num_beams=2).decode_one(v1, ids, pixels, 4)
+    assert 0 < len(tokens) <= 4  # the window is still empty: only the image bonus applies
+
+
+class SlotWatch(OPERA):
+    def reference_rollback_target(self, slots, modes, start, prompt, t, threshold, used):
+        self.seen = [*getattr(self, "seen", []), (slots.clone(), modes.clone())]
+        return super().reference_rollback_target(slots, modes, start, prompt, t, threshold, used)
+
+
+def test_reference_records_stay_in_their_slots_and_omega_is_not_cut(setup):
+    backbone, _, _, batch = setup
+    method = SlotWatch(variant="reference", threshold=1000, num_beams=3, num_attn_candidates=3)
+    ids, pixels = single(backbone, batch, 1)
+    method.decode_one(backbone, ids, pixels, 8)
+    assert len(method.seen) >= 5
+    for (before, _), (after, modes) in zip(method.seen, method.seen[1:]):
+        assert torch.equal(after[:, :-1], before) and torch.equal(after[:, -1], modes)  # appended, never permuted
+    assert OPERA(window_size=4).window_start(10) == 7 and OPERA(variant="reference", window_size=4).window_start(10) == 0
 
 
 def test_sigma_threshold_defaults(setup):

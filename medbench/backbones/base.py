@@ -46,6 +46,10 @@ class Backbone:
     #: ControlMLLM's latent step size η when the user sets none (A³TUNE paper App. B: 1 for
     #: LLaVA-Med v1.5; LLaVA-Med v1 overrides it with 4).
     controlmllm_lr: ClassVar[float] = 1.0
+    #: Which A³TUNE evaluation script's hard-coded positions the ``@a3tune`` decoding variants
+    #: reproduce, expressed through the image span: "v1.5" (its ids hold one image sentinel) or
+    #: "v1" (its ids hold all image patch tokens).
+    a3tune_wiring: ClassVar[str] = "v1.5"
 
     def __init__(self, model: Any, processor: Any, template: PromptTemplate, *, checkpoint_id: str):
         self.model = model

@@ -227,6 +227,7 @@ class LlavaMedV1(LlavaBackbone):
     name = "llava-med-v1"
     default_template = A3TUNE_V1
     controlmllm_lr = 4.0
+    a3tune_wiring = "v1"
     preprocessing = geo.CROP
     image_token_text = "<im_patch>"
     bracket_tokens = ("<im_start>", "<im_end>")
