@@ -7,7 +7,9 @@ chosen token is fed to every branch. Sampling uses one ``torch.Generator`` per s
 from (seed, task, sample id), so outputs do not depend on batch size, order or resume.
 
 Step order: combine (method rule, plausibility constraint included) → NaN/inf guard →
-``process`` (repetition penalty, temperature, top-k, top-p) → guard → ``select``.
+``process`` (repetition penalty, temperature, top-k, top-p) → guard → ``select``. A guarded row
+falls back to the method's ``fallback``: the main branch's logits under the method's own
+plausibility constraint (AvisC's NaN rule: contrast logits := main logits, then the cutoff).
 
 Images are encoded by the engine itself (``get_image_features``) and handed to the model as
 ``mm_encoder_outputs``, so a branch may carry raw ``pixel_values`` (encoded in one batched
@@ -223,6 +225,10 @@ class StepwiseDecoding(DecodingMethod):
         """Next-token scores [B, V] from each branch's logits (main branch first)."""
         return logits[0]
 
+    def fallback(self, logits: list[torch.Tensor], step: int) -> torch.Tensor:
+        """Scores of a row whose combined scores are NaN/inf: the main branch's logits."""
+        return logits[0]
+
     def process(self, scores: torch.Tensor, history: torch.Tensor, step: int) -> torch.Tensor:
         """Logits processors on combined scores; ``history`` holds the main rows' ids so far."""
         return scores
@@ -252,9 +258,10 @@ def decode_loop(method: StepwiseDecoding, backbone: Backbone, batch: EncodedBatc
     guards = torch.zeros(n_rows, dtype=torch.long)
     for step in range(max_new_tokens):
         per_branch = method.branch_logits(out, n_branch)
-        scores, bad = guard_scores(method.combine(per_branch, step), per_branch[0], eos)
+        fallback = method.fallback(per_branch, step)
+        scores, bad = guard_scores(method.combine(per_branch, step), fallback, eos)
         processed = suppress_placeholder(method.process(scores, history, step), backbone.image_token_id)
-        scores, bad2 = guard_scores(processed, per_branch[0], eos)
+        scores, bad2 = guard_scores(processed, fallback, eos)
         guards += (bad | bad2).cpu().long()
         nxt = method.select(scores, generators).to(device)
         nxt = torch.where(finished, torch.full_like(nxt, pad), nxt)

@@ -9,7 +9,8 @@
 * Contrast row: the post-projector embeddings of all **non-blind** image tokens are zeroed
   (same length, fixed for the whole generation).
 * Rule (AVISC Eq. 6): ``s = (1+α)·l − α·l'`` on ``V_head(β)``, processors, sampling; a NaN
-  contrast row falls back to ``l`` (engine guard).
+  contrast row falls back to ``l`` on ``V_head(β)`` (engine guard, as the reference substitutes
+  ``l' := l`` and then applies the cutoff).
 
 Staged prefill: the expert rows are prefilled with attention capture, the contrast rows are
 built and prefilled, and the two caches are concatenated row-wise (no recomputation). Image
@@ -82,6 +83,7 @@ def blind_tokens(attn: torch.Tensor, layer_gamma: float, rule: str, top_blind: i
 class AVISC(BaselineDecoding):
     name = "avisc"
     Params = AVISCParams
+    cutoff = "beta"
 
     def prefill(self, backbone: Backbone, batch: EncodedBatch, seeds: list[int]) -> Prefill:
         model, p = backbone.model, self.params

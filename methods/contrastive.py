@@ -119,6 +119,16 @@ class BaselineDecoding(StepwiseDecoding):
     """A step-wise decoder whose processors and selection come from :class:`DecodingParams`."""
 
     Params: ClassVar[type] = DecodingParams
+    #: The parameter holding the method's plausibility cutoff (APC β, DoLa's relative top), if any.
+    cutoff: ClassVar[str | None] = None
+
+    def fallback(self, logits: list[torch.Tensor], step: int) -> torch.Tensor:
+        """A guarded row's scores: the main logits under the method's cutoff, as AvisC substitutes
+        the main logits for NaN contrast logits and then applies APC."""
+        main = logits[0]
+        if self.cutoff is None:
+            return main
+        return main.masked_fill(~plausible(main, getattr(self.params, self.cutoff)), float("-inf"))
 
     @property
     def samples(self) -> bool:  # type: ignore[override]

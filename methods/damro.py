@@ -95,6 +95,7 @@ def outlier_tokens(model: Any, pixel_values: torch.Tensor, k: int, last_layer: b
 class DAMRO(BaselineDecoding):
     name = "damro"
     Params = DAMROParams
+    cutoff = "beta"
 
     def branches(self, backbone: Backbone, batch: EncodedBatch, seeds: list[int]) -> list[Branch]:
         p = self.params

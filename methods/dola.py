@@ -123,6 +123,7 @@ def dola_scores(mature: torch.Tensor, premature: torch.Tensor, relative_top: flo
 class DoLa(BaselineDecoding):
     name = "dola"
     Params = DoLaParams
+    cutoff = "relative_top"
 
     def prefill(self, backbone: Backbone, batch: EncodedBatch, seeds: list[int]) -> Prefill:
         model = base_model(backbone.model)

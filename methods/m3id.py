@@ -53,6 +53,7 @@ def m3id_weight(lam: float, t: int) -> float:
 class M3ID(BaselineDecoding):
     name = "m3id"
     Params = M3IDParams
+    cutoff = "beta"
 
     def branches(self, backbone: Backbone, batch: EncodedBatch, seeds: list[int]) -> list[Branch]:
         return [main_branch(batch), text_only_branch(backbone, batch)]

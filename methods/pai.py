@@ -60,6 +60,7 @@ class PAIParams(DecodingParams):
 class PAI(BaselineDecoding):
     name = "pai"
     Params = PAIParams
+    cutoff = "beta"
 
     def prepare(self, backbone: Backbone, samples: list[Any], images: list[Any]) -> None:
         self._questions = [s.question for s in samples]

@@ -60,6 +60,7 @@ class VCDParams(DecodingParams):
 class VCD(BaselineDecoding):
     name = "vcd"
     Params = VCDParams
+    cutoff = "beta"
 
     def branches(self, backbone: Backbone, batch: EncodedBatch, seeds: list[int]) -> list[Branch]:
         generators = [derived_generator(s, "vcd-noise") for s in seeds]

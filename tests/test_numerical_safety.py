@@ -8,6 +8,7 @@ return only real token ids.
 from __future__ import annotations
 
 import pytest
+import torch
 from decoding_fixtures import SEEDS, encode, shared_backbone
 
 from medbench.registry import METHODS
@@ -74,3 +75,52 @@ def test_guarded_counts_reach_the_results(tmp_path):
     rescored = score_run(path.parent, samples=select_samples(task, 4), task=task)
     assert rescored["counts"]["guard_steps"] == 3 and rescored["counts"]["guarded_samples"] == 1
     assert all(v is None or v == v for v in rescored["metrics"].values())  # no NaN metric
+
+
+def poison_rows_from(start: int):
+    """Hook: NaN from row ``start`` on (the contrast branch's rows in the branch-major layout)."""
+
+    def hook(module, inputs, out):
+        out = out.clone()
+        out[start:] = float("nan")
+        return out
+
+    return hook
+
+
+@pytest.mark.parametrize("name", ["vcd", "m3id", "pai"])
+def test_guarded_steps_keep_the_plausibility_constraint(setup, name):
+    """A NaN contrast branch: every guarded step samples from V_head(β) of the expert logits only.
+
+    With β=0.9 V_head holds little more than the arg-max, while at temperature 20 a draw from the
+    whole vocabulary would almost never land there.
+    """
+    from decoding_fixtures import recording
+
+    backbone, samples, images, batch = setup
+    method = recording(METHODS.get(name))(beta=0.9, selection="sample", temperature=20.0)
+    method.prepare(backbone, samples, images)
+    n = batch.input_ids.shape[0]
+    handle = backbone.model.lm_head.register_forward_hook(poison_rows_from(n))
+    try:
+        gen = method.generate(backbone, batch, SEEDS, 6)
+    finally:
+        handle.remove()
+    assert all(g == len(row) for g, row in zip(gen.guards, gen.tokens)), (gen.guards, gen.tokens)
+    for step, logits in enumerate(method.seen):
+        expert = logits[0]
+        head = expert >= expert.max(-1, keepdim=True).values + torch.log(torch.tensor(0.9))
+        for i, row in enumerate(gen.tokens):
+            if step < len(row):
+                assert bool(head[i, row[step]]), (name, step, i)
+
+
+def test_fallback_is_the_main_logits_under_the_cutoff():
+    logits = torch.tensor([[2.0, 1.9375, 0.0, -1.0]])
+    vcd = METHODS.get("vcd")(beta=0.9)
+    out = vcd.fallback([logits, torch.full_like(logits, float("nan"))], 0)
+    assert out.tolist() == [[2.0, 1.9375, float("-inf"), float("-inf")]]  # log 0.9 = −0.105: 1.9375 stays
+    dola = METHODS.get("dola")(relative_top=0.5)
+    assert dola.fallback([logits, logits], 0).tolist() == [[2.0, 1.9375, float("-inf"), float("-inf")]]
+    assert METHODS.get("controlmllm")().fallback([logits], 0).tolist() == logits.tolist()  # its β is the EMA
+    assert METHODS.get("nucleus")().fallback([logits], 0).tolist() == logits.tolist()
