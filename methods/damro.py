@@ -17,6 +17,16 @@ the reference argparse default is α=2, README α 0.5–2, k 4–10: set them ex
 ``medheval`` follows MedHEval's port: last ViT layer, head-mean CLS attention, top-10, and a
 same-length contrast row whose other image embeddings are zeroed.
 With ``k = N`` and raster order the contrast row equals the expert, so ``s = l``.
+
+A³TUNE's DAMRO column: A3Tune's v1.5 evaluation script has no ``damro`` generate branch (its
+``use_damro`` sampler branch is never requested), so ``--baseline damro`` falls through to the
+final ``generate(do_sample=True, temperature=0.7, top_p=None, max_new_tokens=1024)``: plain
+sampling at T=0.7 with transformers' default top-k 50 and no contrast row. Variant ``a3tune``
+(``contrast_row=false``, T=0.7, top-k 50) reproduces that call so that results can be set beside
+the paper's DAMRO column; the token budget stays the task's. As released, that script first
+installs AvisC's sampler, whose ``use_avisc`` defaults to True, so the fall-through call enters
+the AvisC branch without ``layer_gamma`` and stops at ``float(None)``: the published column cannot
+come from the released code unchanged.
 """
 
 from __future__ import annotations
@@ -28,7 +38,7 @@ from typing import Any, ClassVar, Literal
 import torch
 
 from medbench.backbones.base import Backbone, EncodedBatch
-from medbench.engine import Branch, left_pad
+from medbench.engine import Branch, left_pad, main_branch
 from medbench.method import Range
 from medbench.methods.contrastive import (
     BaselineDecoding,
@@ -41,14 +51,17 @@ from medbench.methods.contrastive import (
 
 @dataclass(frozen=True)
 class DAMROParams(DecodingParams):
-    PRESETS: ClassVar[dict] = {"reference": {}, "medheval": {}}
+    BASE: ClassVar[dict] = {"contrast_row": True}
+    PRESETS: ClassVar[dict] = {"reference": {}, "medheval": {},
+                               "a3tune": {"contrast_row": False, "temperature": 0.7, "top_k": 50}}
     RANGES: ClassVar[dict[str, Range]] = {"k": Range(lo=1)}
 
-    variant: Literal["default", "reference", "medheval"] = "default"
+    variant: Literal["default", "reference", "medheval", "a3tune"] = "default"
     k: int = 10
     alpha: float = 0.5
     beta: float = 0.1
     order: Literal["rank", "raster"] = "rank"
+    contrast_row: bool | None = None
 
 
 def vision_encoder_layers(model: Any) -> Any:
@@ -99,6 +112,8 @@ class DAMRO(BaselineDecoding):
 
     def branches(self, backbone: Backbone, batch: EncodedBatch, seeds: list[int]) -> list[Branch]:
         p = self.params
+        if not p.contrast_row:
+            return [main_branch(batch)]
         medheval = p.variant == "medheval"
         features, idx = outlier_tokens(backbone.model, batch.pixel_values, p.k, medheval, p.order)
         self.outliers = idx
@@ -126,4 +141,9 @@ class DAMRO(BaselineDecoding):
         return super().process(scores, history, step)
 
     def combine(self, logits: list[torch.Tensor], step: int) -> torch.Tensor:
+        if not self.params.contrast_row:
+            return logits[0]
         return contrast(logits[0], logits[1], self.params.alpha, self.params.beta)
+
+    def fallback(self, logits: list[torch.Tensor], step: int) -> torch.Tensor:
+        return super().fallback(logits, step) if self.params.contrast_row else logits[0]

@@ -15,7 +15,10 @@ layers beyond it are refused before decoding), β=0.1 (hard-coded in the referen
 amplification from the first token.
 Variants: ``reference`` keeps amplification **off for the first forward** (the reference's
 layers start in "CFG mode"; usually the yes/no answer); ``a3tune`` = ``reference`` plus A3Tune's
-negative prompt, BOS + the raw question without the template. ``attn_backend=eager`` computes
+negative prompt, BOS + the raw question without the template (on LLaVA-Med v1, whose A3Tune script
+passes ``"<image>\n" + question``, BOS + that text; backbone ``a3tune_wiring``). A3Tune's hard-coded
+amplified columns (v1.5: 34…609, v1: 39…294) are the image span of its prompts, taken here from
+the token ids. ``attn_backend=eager`` computes
 every row eagerly (α=0, γ=1 then reproduces ``attn_implementation="eager"`` exactly; under the
 default SDPA backend within 1e-5). With γ=1 the reference never amplifies; not reproduced.
 """
@@ -71,9 +74,20 @@ class PAI(BaselineDecoding):
         questions = getattr(self, "_questions", None)
         if questions is None or len(questions) != batch.input_ids.shape[0]:
             raise MethodArgsError("pai variant=a3tune needs the raw questions (the runner's prepare hook)")
-        rows = [torch.tensor(backbone.tokenizer(q.strip())["input_ids"], dtype=torch.long) for q in questions]
+        rows = [torch.tensor(self.a3tune_negative_ids(backbone, q), dtype=torch.long) for q in questions]
         ids, mask = left_pad([r.to(batch.input_ids.device) for r in rows], backbone.pad_token_id)
         return Branch("cfg", ids, mask)
+
+    @staticmethod
+    def a3tune_negative_ids(backbone: Backbone, question: str) -> list[int]:
+        """A3Tune's negative prompt: BOS + the raw question (v1.5 script); on v1 its script passes
+        ``"<image>\n" + question``, which PAI's splitter keeps whole: BOS + that text, the
+        placeholder as plain text (no image token in the CFG row)."""
+        if getattr(backbone, "a3tune_wiring", "v1.5") != "v1":
+            return backbone.tokenizer(question.strip())["input_ids"]
+        text = "<image>\n" + question.strip()
+        ids = backbone.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        return [backbone.tokenizer.bos_token_id, *ids]
 
     def branches(self, backbone: Backbone, batch: EncodedBatch, seeds: list[int]) -> list[Branch]:
         if self.params.gamma == 1.0:

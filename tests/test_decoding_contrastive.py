@@ -304,6 +304,20 @@ def test_damro_reference_skips_processors():
     assert not torch.equal(DAMRO(temperature=0.5).process(scores, history, 0), scores)
 
 
+def test_damro_a3tune_is_the_scripts_fall_through_sampling(setup):
+    """A3Tune's ``--baseline damro``: no contrast row, sampling at T=0.7 with HF's default top-k 50."""
+    backbone, batch = setup
+    method = recording(DAMRO)(variant="a3tune")
+    p = method.params
+    assert (p.contrast_row, p.selection, p.temperature, p.top_k, p.top_p) == (False, "sample", 0.7, 50, 1.0)
+    assert len(method.branches(backbone, batch, SEEDS)) == 1
+    got = method.generate(backbone, batch, SEEDS, 4).tokens
+    assert all(len(seen) == 1 for seen in method.seen)
+    plain = VCD(alpha=0.0, beta=0.0, temperature=0.7, top_k=50).generate(backbone, batch, SEEDS, 4).tokens
+    assert got == plain
+    assert DAMRO().params.contrast_row is True
+
+
 def test_branch_features_zero_rows_only_where_asked(setup):
     backbone, batch = setup
     feats = encode_images(backbone.model, batch.pixel_values)

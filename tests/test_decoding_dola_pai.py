@@ -181,3 +181,24 @@ def test_pai_a3tune_negative_prompt(setup):
     assert cfg.input_ids[0][cfg.attention_mask[0].bool()].tolist() == first
     assert first[0] == backbone.tokenizer.bos_token_id
     assert len(method.generate(backbone, batch, SEEDS, 2).tokens) == 3
+
+
+def test_pai_a3tune_negative_prompt_on_v1_keeps_the_placeholder_text(setup):
+    """A3Tune's v1 script passes "<image>\\n" + question: BOS + that text, no image token in the CFG row."""
+    from medbench.backbones.base import Backbone
+
+    class V1Like(Backbone):
+        a3tune_wiring = "v1"
+
+    backbone, samples, images, batch = setup
+    v1 = V1Like(backbone.model, backbone.processor, backbone.template, checkpoint_id="v1-like")
+    method = PAI(variant="a3tune")
+    method.prepare(v1, samples, images)
+    cfg = method.branches(v1, batch, SEEDS)[1]
+    text = backbone.tokenizer("<image>\n" + samples[0].question, add_special_tokens=False,
+                              split_special_tokens=True)["input_ids"]
+    row = cfg.input_ids[0][cfg.attention_mask[0].bool()].tolist()
+    assert row == [backbone.tokenizer.bos_token_id, *text]
+    assert backbone.image_token_id not in cfg.input_ids[cfg.attention_mask.bool()].tolist()
+    assert len(row) > len(backbone.tokenizer(samples[0].question)["input_ids"]) + 2
+    assert len(method.generate(v1, batch, SEEDS, 2).tokens) == 3
