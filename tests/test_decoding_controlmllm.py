@@ -98,9 +98,9 @@ def reference_loop(relevance_of, e, roi, *, alpha, beta, lr, steps, early_stop, 
         new_inputs_embeds += vprompt_cur
         loss = energy(relevance_of(new_inputs_embeds), roi, alpha).sum()
         loss_history.append(loss.item())
-        if early_stop and len(loss_history) >= 2:
-            if abs((loss_history[-1] - loss_history[0]) / loss_history[0]) * 100 > threshold:
-                break
+        if early_stop and len(loss_history) >= 2 \
+                and abs((loss_history[-1] - loss_history[0]) / loss_history[0]) * 100 > threshold:
+            break
         vprompt_history = vprompt_cur
         grad_cond = torch.autograd.grad(loss, [visual_prompt], retain_graph=True)[0]
         visual_prompt = visual_prompt - lr * grad_cond
@@ -143,7 +143,7 @@ def test_reference_variant_equals_transcription_on_the_model():
         e = encode_images(backbone.model, batch.pixel_values).detach()
         for i in range(2):
             one = select_rows(batch, [i])
-            want = reference_loop(lambda emb: method.relevance(backbone, one.input_ids, one.attention_mask, emb),
+            want = reference_loop(lambda emb, one=one: method.relevance(backbone, one.input_ids, one.attention_mask, emb),
                                   e[i:i + 1], roi[i:i + 1].double(), alpha=400.0, beta=0.5, lr=20.0, steps=3,
                                   early_stop=True)
             torch.testing.assert_close(got[i:i + 1], want, atol=1e-9, rtol=1e-7)
