@@ -75,7 +75,7 @@ def _a3tune(backbone: Any, task: Any, samples: list[Any], *, align: bool, naive:
     torch.manual_seed(0)
     model = get_peft_model(backbone.model, method.peft_config())
     state = RoutingState()
-    install_a3moe(model, method.moe_spec(res), state)
+    install_a3moe(model, method.moe_spec(res, backbone), state)
     recorder = SampleRecorder(backbone, model)
     hooks = A3Hooks(backbone.image_token_id, template_suffix(backbone), state,
                     align_rows=p.align_rows if res.aligns else None).attach(model)

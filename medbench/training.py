@@ -8,6 +8,7 @@ tokens within each sample, then samples — the reference's batch-1 behaviour at
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -111,8 +112,15 @@ def train_supervised(
     max_grad_norm: float = 1.0,
     progress: bool = True,
     checkpoint: Checkpointing | None = None,
+    grad_accum: int = 1,
+    lr_schedule: str = "linear",
 ) -> list[float]:
-    """AdamW + linear warm-up/decay over the trainable parameters; returns the loss curve.
+    """AdamW + warm-up and linear or cosine decay (:func:`lr_factor`); returns the loss curve.
+
+    An optimizer step takes ``batch_size × grad_accum`` samples, in ``grad_accum`` micro-batches
+    of ``batch_size`` whose losses are scaled to the step's samples (CE per sample or per token of
+    the whole step, ``extra_loss`` a mean over them): the step equals one batch of all of them up
+    to float summation order. Under DeepSpeed the whole step goes through as one batch.
 
     With ``checkpoint`` the run saves its state every ``checkpoint.every`` steps and at the end, and
     resumes from the newest complete state of the same run key, step for step. Inside a
@@ -139,14 +147,16 @@ def train_supervised(
     dp = current(device)
     order_rng = random.Random(seed)
     torch.manual_seed(seed)
-    steps_per_epoch = max(1, (len(samples) + batch_size - 1) // batch_size)
+    if grad_accum < 1:
+        raise ValueError(f"grad_accum must be ≥ 1, got {grad_accum}")
+    step_n = batch_size * grad_accum
+    steps_per_epoch = max(1, (len(samples) + step_n - 1) // step_n)
     total = max(1, int(round(steps_per_epoch * epochs)))
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    zero = _zero_trainer(model, optimizer, batch_size, max_grad_norm, dp)
-    warmup = max(1, int(total * warmup_ratio))
+    zero = _zero_trainer(model, optimizer, step_n, max_grad_norm, dp)
+    warmup = warmup_steps(lr_schedule, total, warmup_ratio)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer if zero is None else zero.base_optimizer,
-        lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup))),
+        optimizer if zero is None else zero.base_optimizer, lambda s: lr_factor(lr_schedule, s, warmup, total),
     )
     losses: list[float] = []
     order: list[int] = []
@@ -156,7 +166,9 @@ def train_supervised(
         key = sha256_obj({"run": checkpoint.run_key, "ids": [s.id for s in samples], "epochs": epochs,
                           "batch_size": batch_size, "lr": lr, "seed": seed, "weight_decay": weight_decay,
                           "warmup_ratio": warmup_ratio, "ce_reduction": ce_reduction, "clip": max_grad_norm,
-                          "params": {n: list(p.shape) for n, p in named.items()}})
+                          "params": {n: list(p.shape) for n, p in named.items()},
+                          **({"grad_accum": grad_accum, "lr_schedule": lr_schedule}
+                             if (grad_accum, lr_schedule) != (1, "linear") else {})})
         state = _resume(checkpoint, key, named, optimizer, scheduler, dp, zero)
         if state is not None:
             start, order, losses = state.step, state.order, state.losses
@@ -169,17 +181,20 @@ def train_supervised(
     bar = tqdm(total=total, initial=start, desc=desc, unit="step",
                disable=not (progress and dp.is_main and progress_bars_enabled()))
     for step in range(start, total):
-        if len(order) < batch_size:
+        if len(order) < step_n:
             fresh = list(range(len(samples)))
             order_rng.shuffle(fresh)
             order.extend(fresh)
-        idx, order = order[:batch_size], order[batch_size:]
+        idx, order = order[:step_n], order[step_n:]
         if zero is not None:
             loss = _zero_step(backbone, zero, params, [samples[i] for i in dp.local(idx)], len(idx), ce_reduction,
                               extra_loss, dp)
         else:
             optimizer.zero_grad(set_to_none=True)
-            if dp.active:
+            if grad_accum > 1:
+                loss = _accumulated_step(backbone, params, [samples[i] for i in idx], batch_size, ce_reduction,
+                                         extra_loss, dp)
+            elif dp.active:
                 loss = _local_step(backbone, params, [samples[i] for i in dp.local(idx)], len(idx), ce_reduction,
                                    extra_loss, dp)
             else:
@@ -209,10 +224,55 @@ def train_supervised(
     return losses
 
 
+def warmup_steps(schedule: str, total: int, ratio: float) -> int:
+    """Warm-up length: ``max(1, ⌊total·ratio⌋)`` (medbench's linear), ``⌈total·ratio⌉`` (cosine, as
+    transformers' Trainer computes it for the reference)."""
+    if schedule == "cosine":
+        return math.ceil(total * ratio)
+    return max(1, int(total * ratio))
+
+
+def lr_factor(schedule: str, step: int, warmup: int, total: int) -> float:
+    """Learning-rate multiplier of optimizer step ``step`` (0-based).
+
+    ``linear``: ``min((s+1)/w, (T−s)/(T−w))``. ``cosine`` (transformers'
+    ``get_cosine_schedule_with_warmup``, the reference's ``lr_scheduler_type cosine``): ``s/w``
+    during warm-up, then ``½(1 + cos(π·(s−w)/(T−w)))``.
+    """
+    if schedule == "linear":
+        return min((step + 1) / warmup, max(0.0, (total - step) / max(1, total - warmup)))
+    if schedule == "cosine":
+        if step < warmup:
+            return step / max(1, warmup)
+        progress = (step - warmup) / max(1, total - warmup)
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+    raise ValueError(f"unknown learning-rate schedule {schedule!r} (linear or cosine)")
+
+
+def _accumulated_step(backbone: Backbone, params: list[torch.nn.Parameter], chunk: list[Sample], micro: int,
+                      ce_reduction: str, extra_loss: Callable[[Any, TrainBatch], torch.Tensor] | None,
+                      dp: Any) -> torch.Tensor:
+    """Gradients of one step over ``chunk`` in micro-batches of ``micro`` (each rank: its slice of each)."""
+    n = len(chunk)
+    tokens = float(sum(len(backbone.encode_answer(s.answer)) for s in chunk)) if ce_reduction == "token" else None
+    total = torch.zeros((), device=backbone.device)
+    for start in range(0, n, micro):
+        mine = dp.local(chunk[start:start + micro])
+        loss = _slice_loss(backbone, backbone.model, mine, n, ce_reduction, extra_loss, dp, token_total=tokens)
+        if mine:
+            loss.backward()
+        total = total + loss.detach()
+    dp.sync_grads(params)
+    return dp.all_sum(total)
+
+
 def _slice_loss(backbone: Backbone, forward: Callable[..., Any], chunk: list[Sample], global_n: int,
                 ce_reduction: str, extra_loss: Callable[[Any, TrainBatch], torch.Tensor] | None,
-                dp: Any) -> torch.Tensor:
-    """This rank's share of the global batch loss: summed over ranks it is the one-process loss."""
+                dp: Any, token_total: float | None = None) -> torch.Tensor:
+    """This rank's share of the global batch loss: summed over ranks it is the one-process loss.
+
+    ``token_total`` (accumulation): the answer tokens of the whole step, the ``token`` denominator.
+    """
     device = backbone.device
     total = torch.zeros((), device=device)
     count = torch.zeros((), device=device)
@@ -222,7 +282,10 @@ def _slice_loss(backbone: Backbone, forward: Callable[..., Any], chunk: list[Sam
                       pixel_values=batch.pixel_values, position_ids=batch.position_ids)
         total, n = answer_loss_sum(out.logits, batch.labels, ce_reduction)
         count = torch.tensor(float(n), device=device)
-    denom = dp.all_sum(count.clone()) if ce_reduction == "token" else torch.tensor(float(global_n), device=device)
+    if ce_reduction == "token":
+        denom = torch.tensor(token_total, device=device) if token_total is not None else dp.all_sum(count.clone())
+    else:
+        denom = torch.tensor(float(global_n), device=device)
     loss = total / denom.clamp(min=1)
     if chunk and extra_loss is not None:
         loss = loss + extra_loss(out, batch) * (len(chunk) / global_n)

@@ -47,7 +47,7 @@ def tuned(random_backbone):
     torch.manual_seed(3)
     model = get_peft_model(random_backbone.model, method.peft_config())
     state = RoutingState()
-    install_a3moe(model, method.moe_spec(res), state)
+    install_a3moe(model, method.moe_spec(res, random_backbone), state)
     with torch.no_grad():
         for p in model.parameters():
             if p.requires_grad:

@@ -62,7 +62,7 @@ def test_checkpoint_round_trip_identical_logits(random_backbone, task, tmp_path)
 
     method = A3Tune(merge_lora=False)
     res = method.resolved(random_backbone, task)
-    spec = method.moe_spec(res)
+    spec = method.moe_spec(res, random_backbone)
     samples = task.load("test")[:3]
     batch = random_backbone.encode_prompts(samples, [random_backbone.load_image(s.image_path) for s in samples])
     torch.manual_seed(1)

@@ -43,6 +43,13 @@ class Backbone:
     name: ClassVar[str] = "llava"
     #: Learning rate of tuning methods when the user sets none (paper Appendix C: 2e-4).
     default_tuning_lr: ClassVar[float] = 2e-4
+    #: Tuning defaults where the A³TUNE paper is silent: linear warm-up/decay, no gradient
+    #: accumulation (``None``: a step is one ``batch_size`` batch), no dropout on the A³MoE experts
+    #: — what the embedded ``tiny-med-llava`` is tuned with; real checkpoints (``LlavaBackbone``)
+    #: take the reference code's cosine, effective batch 32 (``batch_size × grad_accum``) and 0.05.
+    tuning_lr_schedule: ClassVar[str] = "linear"
+    tuning_effective_batch: ClassVar[int | None] = None
+    tuning_expert_dropout: ClassVar[float] = 0.0
     #: ControlMLLM's latent step size η when the user sets none (A³TUNE paper App. B: 1 for
     #: LLaVA-Med v1.5; LLaVA-Med v1 overrides it with 4).
     controlmllm_lr: ClassVar[float] = 1.0

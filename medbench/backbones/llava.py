@@ -54,6 +54,10 @@ class LlavaBackbone(Backbone):
 
     name: ClassVar[str] = "llava-hf"
     default_template: ClassVar[PromptTemplate] = VICUNA_V1
+    #: The A³TUNE reference code's trainer where the paper is silent.
+    tuning_lr_schedule: ClassVar[str] = "cosine"
+    tuning_effective_batch: ClassVar[int] = 32
+    tuning_expert_dropout: ClassVar[float] = 0.05
     preprocessing: ClassVar[str] = geo.PAD
     fill_l: ClassVar[int | None] = None
     image_token_text: ClassVar[str] = "<image>"

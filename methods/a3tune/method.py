@@ -4,7 +4,10 @@ Training: peft LoRA r=64 α16 dropout .05 on every LM linear layer except those 
 (q_proj → Q-MoE, k_proj → K-MoE, expert rank 16), the shared trainer of the ``lora`` baseline
 (same optimiser, schedule, batch order and seed), plus λ·L_align over the top-R visually-critical
 heads against top-K prompt-aware weak labels. With ``qmoe=off kmoe=off lam=0`` it *is* the LoRA
-baseline, step for step. The checkpoint holds the peft adapter, ``a3moe.safetensors`` (experts
+baseline, step for step. Where the paper is silent the real-backbone trainer follows the
+reference code (cosine schedule, effective batch 32 through ``grad_accum``, dropout 0.05 on the
+A³MoE experts); ``tiny-med-llava`` keeps linear, no accumulation, no expert dropout; ``preset=ref`` takes
+the reference's on any backbone. The checkpoint holds the peft adapter, ``a3moe.safetensors`` (experts
 and routers), ``a3tune_config.json`` and ``training.json``; inference keeps A³MoE unmerged and,
 by default, merges LoRA (``merge_lora=false``: unmerged, bit-exact with training).
 """
@@ -20,7 +23,7 @@ from typing import Any
 from medbench.hashing import sha256_obj
 from medbench.method import TuningMethod
 from medbench.methods.a3tune.params import A3TuneParams, Resolved, resolve
-from medbench.methods.lora import checkpointing, tuning_lr
+from medbench.methods.lora import REFERENCE_TRAINER, checkpointing, tuning_lr, tuning_schedule
 
 log = logging.getLogger("medbench")
 
@@ -48,13 +51,29 @@ class A3Tune(TuningMethod):
         cfg = backbone.text_config
         return resolve(self.params, task, int(cfg.num_hidden_layers), int(cfg.num_attention_heads))
 
-    def moe_spec(self, res: Resolved) -> Any:
+    def moe_spec(self, res: Resolved, backbone: Any) -> Any:
         from medbench.methods.a3tune.moe import MoESpec
 
         p = self.params
         return MoESpec(qmoe=p.qmoe, kmoe=p.kmoe, q_experts=res.qmoe_experts, k_experts=res.kmoe_experts,
                        top_b=res.kmoe_top_b, r=p.expert_r, alpha=float(p.expert_alpha), q_router=p.q_router,
-                       router_hidden=p.router_hidden, k_gate=p.kmoe_gate, k_impl=p.kmoe_impl, balance=p.moe_balance)
+                       router_hidden=p.router_hidden, k_gate=p.kmoe_gate, k_impl=p.kmoe_impl, balance=p.moe_balance,
+                       dropout=self.expert_dropout_for(backbone))
+
+    def trainer_settings(self, backbone: Any) -> dict[str, Any]:
+        """Learning rate, schedule, accumulation and expert dropout on ``backbone`` (``preset=ref``: the
+        reference code's; otherwise the user's values, else the backbone's defaults)."""
+        schedule, accum = tuning_schedule(self.params, backbone, reference=self.params.preset == "ref")
+        return {"lr": self.lr_for(backbone), "lr_schedule": schedule, "grad_accum": accum,
+                "expert_dropout": self.expert_dropout_for(backbone)}
+
+    def expert_dropout_for(self, backbone: Any) -> float:
+        p = self.params
+        if p.expert_dropout is not None:
+            return float(p.expert_dropout)
+        if p.preset == "ref":
+            return float(REFERENCE_TRAINER["expert_dropout"])
+        return float(getattr(backbone, "tuning_expert_dropout", 0.0))
 
     def label_spec(self, task: Any, res: Resolved) -> dict[str, Any] | None:
         """What the weak labels depend on (without running any model)."""
@@ -86,7 +105,7 @@ class A3Tune(TuningMethod):
             "resolved": dataclasses.asdict(res), "labels": self.label_spec(task, res),
             "backbone": backbone.checkpoint_id, "task": task.name, "task_version": task.version,
             "split": task.train_split, "seed": seed, "template": backbone.template.prompt,
-            "lr": self.lr_for(backbone),
+            "lr": self.lr_for(backbone), "trainer": self.trainer_settings(backbone),
         })
 
     def lr_for(self, backbone: Any) -> float:
@@ -148,7 +167,8 @@ class A3Tune(TuningMethod):
             log.warning("top_heads=%s exceeds the backbone's %d heads; using R=%d", p.top_heads, res.total_heads,
                         res.top_heads)
         labels = main_first(lambda: self.build_labels(backbone, task, samples, res)) if res.aligns else None
-        spec = self.moe_spec(res)
+        spec = self.moe_spec(res, backbone)
+        trainer = self.trainer_settings(backbone)
         steps = checkpointing(self, backbone, task, out_dir, seed)
         torch.manual_seed(seed)
         model = get_peft_model(backbone.model, self.peft_config())
@@ -173,8 +193,9 @@ class A3Tune(TuningMethod):
                     top_r=res.top_heads, n_heads=n_heads, balance_coef=p.moe_balance_coef, fixed_heads=fixed,
                     options={"align_reduce": p.align_reduce, "align_loss": p.align_loss, "align_norm": p.align_norm})
             losses = train_supervised(
-                recorder.backbone, samples, epochs=res.epochs, batch_size=p.batch_size, lr=self.lr_for(backbone), seed=seed,
+                recorder.backbone, samples, epochs=res.epochs, batch_size=p.batch_size, lr=trainer["lr"], seed=seed,
                 desc=f"a3tune {task.name}", ce_reduction=p.ce_reduction, extra_loss=objective, checkpoint=steps,
+                grad_accum=trainer["grad_accum"], lr_schedule=trainer["lr_schedule"],
             )
             if is_main_process():
                 save_checkpoint(model, out_dir)
@@ -186,7 +207,7 @@ class A3Tune(TuningMethod):
         if not is_main_process():
             return out_dir
         record: dict[str, Any] = {"losses": losses, "n_samples": len(samples), "params": dataclasses.asdict(p),
-                                  "resolved": dataclasses.asdict(res), "alignment": objective.summary() if objective else None,
+                                  "resolved": dataclasses.asdict(res), "trainer": trainer, "alignment": objective.summary() if objective else None,
                                   "world_size": world_size(), "deepspeed": deepspeed_requested()}
         if labels is not None:
             record["labels"] = labels.summary()

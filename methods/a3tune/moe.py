@@ -72,9 +72,10 @@ class _ExpertLinear(nn.Module):
     """Frozen ``base`` plus O stacked LoRA experts and a router (all fp32 trainable)."""
 
     def __init__(self, base: nn.Linear, layer_idx: int, state: RoutingState, n_experts: int, r: int,
-                 alpha: float, router: str, router_hidden: int):
+                 alpha: float, router: str, router_hidden: int, dropout: float = 0.0):
         super().__init__()
         self.base = base
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.layer_idx = layer_idx
         self.state = state
         self.n_experts, self.r = n_experts, r
@@ -98,8 +99,12 @@ class _ExpertLinear(nn.Module):
         return self.base.weight
 
     def mixture(self, x: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
-        """Σ_o gate_o · B_o A_o x · scale; ``gates`` broadcast to [..., O]."""
-        h = F.linear(x.to(self.experts_A.dtype), self.experts_A)
+        """Σ_o gate_o · B_o A_o drop(x) · scale; ``gates`` broadcast to [..., O].
+
+        The experts' input dropout (reference: p=0.05 in each ``LoRALayer``) draws one mask shared
+        by the stacked experts, where the reference draws one per expert module.
+        """
+        h = F.linear(self.dropout(x.to(self.experts_A.dtype)), self.experts_A)
         h = h.view(*h.shape[:-1], self.n_experts, self.r) * gates.to(h.dtype)[..., None]
         return F.linear(h.flatten(-2), self.experts_B) * self.scaling
 
@@ -190,6 +195,7 @@ class MoESpec:
     k_gate: str = "sum"
     k_impl: str = "paper"
     balance: str = "default"
+    dropout: float = 0.0
 
 
 def attention_modules(model: nn.Module) -> list[nn.Module]:
@@ -208,11 +214,11 @@ def install_a3moe(model: nn.Module, spec: MoESpec, state: RoutingState) -> list[
     for attn in attention_modules(model):
         if spec.qmoe:
             attn.q_proj = QMoELinear(attn.q_proj, attn.layer_idx, state, spec.q_experts, spec.r, spec.alpha,
-                                     spec.q_router, spec.router_hidden)
+                                     spec.q_router, spec.router_hidden, spec.dropout)
             created.append(attn.q_proj)
         if spec.kmoe:
             attn.k_proj = KMoELinear(attn.k_proj, attn.layer_idx, state, spec.k_experts, spec.r, spec.alpha,
-                                     k_router, spec.router_hidden, top_b=spec.top_b, gate=spec.k_gate,
+                                     k_router, spec.router_hidden, spec.dropout, top_b=spec.top_b, gate=spec.k_gate,
                                      impl=spec.k_impl, balance=spec.balance)
             created.append(attn.k_proj)
     return created

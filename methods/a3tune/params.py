@@ -3,6 +3,11 @@
 ``None`` means "from the task preset": ``preset=paper`` (default) takes the paper's column of the
 per-task table, ``preset=ref`` the reference code's. Tasks outside the table (the embedded phantom
 tasks) get the paper's report/VQA defaults (O^q=4, O^k=8, B=2, K=4) and a medbench λ.
+
+Trainer settings the paper does not state (``lr_schedule``, ``grad_accum``, ``expert_dropout``)
+default to the backbone's (real backbones: the reference code's cosine schedule, effective batch
+32, expert dropout 0.05; ``tiny-med-llava``: linear, no accumulation, none); ``preset=ref`` takes the
+reference code's on any backbone.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ class A3TuneParams(LoRAParams):
         "qmoe_experts": Range(lo=1), "kmoe_experts": Range(lo=1), "kmoe_top_b": Range(lo=1), "expert_r": Range(lo=1),
         "expert_alpha": Range(lo=1), "router_hidden": Range(lo=1), "moe_balance_coef": Range(0.0, 100.0),
         "lam": Range(0.0, 100.0), "top_heads": Range(lo=0.0), "calib_samples": Range(lo=1), "top_k": Range(lo=1),
+        "expert_dropout": Range(0.0, 1.0, hi_open=True),
     }
 
     preset: Literal["paper", "ref"] = "paper"
@@ -60,6 +66,7 @@ class A3TuneParams(LoRAParams):
     kmoe_top_b: int | None = None
     expert_r: int = 16
     expert_alpha: int = 8
+    expert_dropout: float | None = None
     q_router: Literal["mlp", "linear"] = "mlp"
     router_hidden: int = 64
     kmoe_gate: Literal["sum", "renorm"] = "sum"

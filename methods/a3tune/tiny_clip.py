@@ -1,6 +1,6 @@
 """``clip_small``: a tiny CLIP-style dual encoder trained by medbench on phantom data.
 
-Image tower: three stride-2 convolutions on 64×64 segment crops → global pool → linear; text
+Image tower: three stride-2 convolutions on 32×32 segment crops (``CROP``, bilinear) → global pool → linear; text
 tower: hashed word uni- and bigrams → mean embedding → MLP; both L2-normalised, a learnable
 temperature (CLIP). Training pairs are GT-RoI crops (image × mask, cut to the mask box, on
 black — the reference's crop) with their question; classical-segmenter proposals that barely
