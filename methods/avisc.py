@@ -20,6 +20,10 @@ positions 35…610 and pools the batch; neither reproduced).
 Defaults (paper App. B): α=1, β=0.1, ``blind_rule=topk`` with 10 tokens, sampling.
 Variant ``reference``: ``blind_rule=std`` with ``layer_gamma=0.5``, ``lamb=1.0`` (A3Tune's values;
 the reference argparse has 0.99). λ=−∞ zeroes nothing (``s=l`` on ``V_head``); λ=+∞ zeroes all.
+
+Spec note: the decoding spec's §1 "medbench defaults = the A3Tune column" would make the
+``std`` rule the default; the project's rule that defaults follow the paper wins here (App. B's
+"top-10 outlier image tokens", which no code has), and A3Tune's/the reference's rule is the variant.
 """
 
 from __future__ import annotations

@@ -32,6 +32,10 @@ Variant ``reference`` reproduces the loop of the reference ``llava_roc.py``:
 
 The reference decodes ``generate(30)`` per step but uses only the prefill attention; medbench
 runs the prefill alone (same loss). T=0, lr=0 or α=0 reduce to greedy.
+
+Spec notes: the decoding spec's "medbench defaults … ControlMLLM lr=1" holds for LLaVA-Med v1.5
+only (App. B: v1 uses 4), and its quirk list names only the accumulating offsets; the first-step
+and early-stop differences above are the reference's too.
 """
 
 from __future__ import annotations

@@ -43,6 +43,9 @@ reproduces OPERA's ``opera_beam_search``:
   rollback (its state pops on that path are not reproduced). It decides before selecting the
   current step, so it re-selects at most the previous one.
 
+Spec notes: the spec's rollback ("r* is the mode over beams", "never further back than
+``window_size``") is medbench's lineage rule; the reference's differs as listed above.
+
 Variant ``a3tune`` is ``reference`` plus A3Tune's wiring (``wiring=a3tune``), expressed through
 the image span and the backbone's ``a3tune_wiring``: the image slice is one token too long; on
 v1.5 the window starts N−1 tokens early (inside the image: the image bonus never fires, prompt
