@@ -8,6 +8,11 @@ Trainer settings the paper does not state (``lr_schedule``, ``grad_accum``, ``ex
 default to the backbone's (real backbones: the reference code's cosine schedule, effective batch
 32, expert dropout 0.05; ``tiny-med-llava``: linear, no accumulation, none); ``preset=ref`` takes the
 reference code's on any backbone.
+
+Spec notes: the A³TUNE spec's §5 table writes the effective batch 32 as 4 per device × 8
+accumulation; here it is ``batch_size`` 8 × ``grad_accum`` 4 (the same step; ``batch_size=4``
+gives 4 × 8). Its experts row omits the reference's dropout 0.05 on each expert ``LoRALayer``'s
+input, which ``expert_dropout`` adds (one mask shared by the stacked experts).
 """
 
 from __future__ import annotations
