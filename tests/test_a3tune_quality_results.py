@@ -31,8 +31,8 @@ def test_weak_label_quality_reaches_results(random_backbone, tmp_path):
     per_sample, n_gt = [], 0
     for s in samples:
         with Image.open(s.image_path) as im:
-            gt_grid = grid_segments([s.roi.to_mask(*im.size)], geometry, "area50")
-        if not len(gt_grid):  # an RoI smaller than half a patch has no token
+            gt_grid = grid_segments([s.roi.to_mask(*im.size)], geometry, method.params.grid_rule)
+        if not len(gt_grid):  # an empty RoI has no token
             continue
         gt, n_gt = gt_grid[0], n_gt + 1
         union = labels.grids[s.id].any(0)
