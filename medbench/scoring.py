@@ -280,7 +280,7 @@ def score_run(run_dir: str | Path, *, samples: list[Sample] | None = None, task:
     seed = int(config.get("seed", 0))
     if task.kind == "report":
         opts = dataclasses.asdict(report_options or ReportOptions())
-        metrics, cis, per_sample, counts = score_report(rows, seed, task_families=task.metric_families(), **opts)
+        metrics, cis, per_sample, counts = score_report(rows, seed, task_families=getattr(task, "metric_families", dict)(), **opts)
     elif task.metric_protocol == "mc@difflib":
         metrics, cis, per_sample, counts = score_mc(rows, planned, seed)
     else:
