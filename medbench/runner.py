@@ -20,7 +20,7 @@ from typing import Any
 
 from medbench.errors import ConfigError, RunFailed
 from medbench.hashing import sample_seed, sha256_obj
-from medbench.method import MethodArgsError, TuningMethod, parse_params
+from medbench.method import MethodArgsError, parse_params
 from medbench.registry import METHODS, TASKS
 from medbench.types import Prediction, Sample
 
@@ -116,12 +116,27 @@ def resolve_methods(cfg: RunConfig) -> Resolved:
     return Resolved(tuning, decoding, dec_args, tun_args)
 
 
+def _changed_params(name: str, args: dict[str, Any]) -> dict[str, Any]:
+    """The parsed parameters of method ``name`` that ``args`` set away from their defaults.
+
+    Parsed, not as typed: ``top_p=0.8`` and ``top_p=0.80`` (or an alias and its parameter name)
+    are one setting, and an argument given at its default value is no setting at all — as in the
+    run fingerprint, which hashes the parsed values.
+    """
+    cls = METHODS.get(name)
+    given = dataclasses.asdict(cls(**args).params)
+    default = dataclasses.asdict(cls().params)
+    skip = getattr(cls, "OPERATIONAL", frozenset())
+    return {k: v for k, v in given.items() if k not in skip and v != default.get(k)}
+
+
 def run_dir_for(cfg: RunConfig, res: Resolved) -> Path:
     model_name = Path(cfg.model).name if Path(cfg.model).is_dir() else cfg.model
     suffix = ""
-    tuning_args = {k: v for k, v in res.tuning_args.items() if k not in TuningMethod.OPERATIONAL}
-    if res.decoding_args or tuning_args:
-        suffix = "-" + sha256_obj({"d": res.decoding_args, "t": tuning_args})[:8]
+    decoding_args = _changed_params(res.decoding, res.decoding_args) if res.decoding_args else {}
+    tuning_args = _changed_params(res.tuning, res.tuning_args) if res.tuning_args else {}
+    if decoding_args or tuning_args:
+        suffix = "-" + sha256_obj({"d": decoding_args, "t": tuning_args})[:8]
     return Path(cfg.output_dir) / model_name / cfg.task / f"{res.tuning}+{res.decoding}{suffix}"
 
 

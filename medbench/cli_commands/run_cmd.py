@@ -36,8 +36,10 @@ def main(args: argparse.Namespace) -> int:
     from medbench.summary import summary_table
 
     cfg = build_run_config(args)
-    cfg.attention = not args.no_attention
-    cfg.allow_failures = args.allow_failures
+    if args.no_attention:  # a flag only switches on; an unset flag leaves --config's value
+        cfg.attention = False
+    if args.allow_failures:
+        cfg.allow_failures = True
     results = run(cfg)
     print(json.dumps(results, indent=2) if args.json else summary_table(results))
     return 0
