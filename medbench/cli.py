@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from medbench.console import progress_bars_disabled
-    from medbench.registry import UnknownNameError
+    from medbench.registry import PluginError, UnknownNameError, load_plugins
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -66,10 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "urllib3", "transformers", "peft"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    load_plugins()  # third-party tasks, methods and models (entry points); imports nothing yet
     try:
         with progress_bars_disabled() if args.quiet else contextlib.nullcontext():
             return int(args.func(args) or 0)
-    except UnknownNameError as exc:
+    except (UnknownNameError, PluginError) as exc:
         print(f"medbench: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -3,6 +3,11 @@
 Entries are ``"module:attr"`` strings imported on first lookup, so listing names never imports
 torch. Unknown names raise :class:`UnknownNameError` with did-you-mean suggestions.
 
+Third-party packages add entries through the ``medbench.tasks``, ``medbench.methods`` and
+``medbench.models`` entry-point groups; :func:`load_plugins` (called when the CLI starts) registers
+them. A plugin entry's metadata (``kind``, ``embedded``) is read from its class the first time it
+is asked for, so a plugin declares each fact once, on the class.
+
 Example::
 
     >>> from medbench.registry import TASKS
@@ -14,11 +19,13 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
+log = logging.getLogger("medbench")
 
 
 class UnknownNameError(KeyError):
@@ -34,29 +41,46 @@ class UnknownNameError(KeyError):
         return self.message
 
 
+class PluginError(TypeError):
+    """A plugin entry point that does not load or does not fit its group (named in the message)."""
+
+
 @dataclass
 class Entry:
+    """One registered name. ``plugin`` is the distribution that provides it (``None``: built in)."""
+
     name: str
     target: str
     info: dict[str, Any] = field(default_factory=dict)
+    plugin: str | None = None
 
 
 class Registry(Generic[T]):
-    """A name → lazily imported class map with base-class checks and alias collision errors."""
+    """A name → lazily imported class map with base-class checks and alias collision errors.
 
-    def __init__(self, kind: str, base: Callable[[], type] | None = None):
+    ``metadata`` reads an entry's ``info`` (``kind``, ``embedded`` …) from its class; built-in
+    entries state it when added (so listing them imports nothing), plugin entries get it from
+    their class on first use.
+    """
+
+    def __init__(self, kind: str, base: Callable[[], type] | None = None,
+                 metadata: Callable[[type], dict[str, Any]] | None = None):
         self.kind = kind
         self._base = base
+        self._metadata = metadata
         self._entries: dict[str, Entry] = {}
         self._loaded: dict[str, Any] = {}
+        self._pending: set[str] = set()  # plugin entries whose info is not read yet
         self._frozen = False
 
-    def add(self, name: str, target: str, **info: Any) -> None:
+    def add(self, name: str, target: str, *, plugin: str | None = None, **info: Any) -> None:
         if self._frozen:
             raise RuntimeError(f"the {self.kind} registry is frozen")
         if name in self._entries:
             raise ValueError(f"duplicate {self.kind} name {name!r}")
-        self._entries[name] = Entry(name, target, info)
+        self._entries[name] = Entry(name, target, info, plugin)
+        if plugin is not None and not info:
+            self._pending.add(name)
 
     def freeze(self) -> None:
         self._frozen = True
@@ -67,25 +91,54 @@ class Registry(Generic[T]):
     def __contains__(self, name: object) -> bool:
         return name in self._entries
 
-    def entry(self, name: str) -> Entry:
+    def _raw(self, name: str) -> Entry:
         if name not in self._entries:
             raise UnknownNameError(self.kind, name, list(self._entries))
         return self._entries[name]
 
+    def entry(self, name: str) -> Entry:
+        """The entry of ``name``; a plugin's ``info`` is read from its class here, once."""
+        entry = self._raw(name)
+        if name in self._pending:
+            cls = self.get(name)
+            entry.info = {**(self._metadata(cls) if self._metadata else {}), "plugin": entry.plugin}
+            self._pending.discard(name)
+        return entry
+
     def get(self, name: str) -> Any:
-        entry = self.entry(name)
+        entry = self._raw(name)
         if name not in self._loaded:
             module_name, _, attr = entry.target.partition(":")
-            obj = getattr(importlib.import_module(module_name), attr)
+            origin = f" (plugin from {entry.plugin})" if entry.plugin else ""
+            try:
+                obj = getattr(importlib.import_module(module_name), attr)
+            except (ImportError, AttributeError) as exc:
+                if entry.plugin is None:
+                    raise
+                raise PluginError(f"{self.kind} {name!r}{origin}: cannot load {entry.target}: "
+                                  f"{type(exc).__name__}: {exc}") from exc
             if self._base is not None:
                 base = self._base()
                 if not (isinstance(obj, type) and issubclass(obj, base)):
-                    raise TypeError(f"{self.kind} {name!r} ({entry.target}) is not a {base.__name__}")
+                    raise PluginError(f"{self.kind} {name!r} ({entry.target}){origin} is not a {base.__name__}")
+            own = getattr(obj, "name", name) if entry.plugin and self.kind in ("task", "method") else name
+            if own != name:
+                raise PluginError(f"{self.kind} {name!r} ({entry.target}){origin}: the class is named {own!r}; "
+                                  "the entry-point name and the class's name must be the same")
             self._loaded[name] = obj
         return self._loaded[name]
 
     def describe(self) -> list[dict[str, Any]]:
-        return [{"name": e.name, **e.info} for e in (self._entries[n] for n in self.names())]
+        """``{"name": ..., **info}`` per entry; a plugin that fails to load is left out with a warning."""
+        rows = []
+        for name in self.names():
+            try:
+                entry = self.entry(name)
+            except PluginError as exc:
+                log.warning("%s", exc)
+                continue
+            rows.append({"name": entry.name, **entry.info})
+        return rows
 
 
 def _task_base() -> type:
@@ -106,9 +159,22 @@ def _backbone_base() -> type:
     return Backbone
 
 
-TASKS: Registry = Registry("task", _task_base)
-METHODS: Registry = Registry("method", _method_base)
-BACKBONES: Registry = Registry("model", _backbone_base)
+def _task_info(cls: type) -> dict[str, Any]:
+    return {"kind": cls.kind, "embedded": bool(getattr(cls, "embedded", False))}
+
+
+def _method_info(cls: type) -> dict[str, Any]:
+    return {"kind": cls.kind}
+
+
+def _backbone_info(cls: type) -> dict[str, Any]:
+    embedded = bool(getattr(cls, "embedded", False))
+    return {"kind": getattr(cls, "kind", "embedded" if embedded else "real"), "embedded": embedded}
+
+
+TASKS: Registry = Registry("task", _task_base, _task_info)
+METHODS: Registry = Registry("method", _method_base, _method_info)
+BACKBONES: Registry = Registry("model", _backbone_base, _backbone_info)
 
 # ---- tasks -------------------------------------------------------------------------------------
 TASKS.add("phantom-vqa", "medbench.tasks.phantom:PhantomVQA", kind="vqa", embedded=True)
@@ -143,11 +209,36 @@ BACKBONES.add("llava-med-v1.5", "medbench.backbones.llava:LlavaMedV15", kind="re
 BACKBONES.add("huatuogpt-vision-7b", "medbench.backbones.llava:HuatuoGPTVision", kind="real", embedded=False)
 
 
-def load_plugins() -> None:
-    """Register third-party entries from the ``medbench.tasks``/``medbench.methods`` entry points."""
+#: Entry-point group → the registry its entries join.
+PLUGIN_GROUPS = {"medbench.tasks": TASKS, "medbench.methods": METHODS, "medbench.models": BACKBONES}
+
+
+def load_plugins() -> list[str]:
+    """Register third-party entries from the ``medbench.tasks``/``methods``/``models`` entry points.
+
+    Called when the CLI starts; code that uses the registries without the CLI calls it itself.
+    Nothing is imported here: a plugin's module loads when its name is first used, and its
+    ``kind`` (``embedded``) comes from its class. A plugin may not replace a built-in or another
+    plugin's name (it is skipped with a warning). Calling this again registers nothing twice.
+    Returns the ``group:name`` of every entry added by this call.
+    """
     from importlib.metadata import entry_points
 
-    for group, registry in (("medbench.tasks", TASKS), ("medbench.methods", METHODS), ("medbench.models", BACKBONES)):
+    added = []
+    for group, registry in PLUGIN_GROUPS.items():
         for ep in entry_points(group=group):
-            if ep.name not in registry:
-                registry.add(ep.name, ep.value, kind="plugin")
+            dist = getattr(getattr(ep, "dist", None), "name", None) or "an unnamed distribution"
+            module, colon, attr = (part.strip() for part in ep.value.partition(":"))
+            if not colon or not module or not attr:
+                log.warning("plugin %s %r from %s ignored: entry point %r is not 'module:Class'",
+                            registry.kind, ep.name, dist, ep.value)
+                continue
+            target = f"{module}:{attr}"
+            if ep.name in registry:
+                if registry._raw(ep.name).target != target:
+                    log.warning("plugin %s %r (%s, from %s) ignored: the name is already registered to %s",
+                                registry.kind, ep.name, target, dist, registry._raw(ep.name).target)
+                continue
+            registry.add(ep.name, target, plugin=dist)
+            added.append(f"{group}:{ep.name}")
+    return added

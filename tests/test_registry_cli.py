@@ -96,3 +96,13 @@ def test_help_has_examples(capsys):
         main(["run", "--help"])
     out = capsys.readouterr().out
     assert "examples:" in out and "medbench run --method" in out
+
+
+def test_builtin_registry_info_matches_the_classes():
+    """Built-in entries state kind/embedded so that listing imports nothing; they must agree with the classes."""
+    for name in METHODS.names():
+        assert METHODS.entry(name).info == {"kind": METHODS.get(name).kind}, name
+        assert METHODS.entry(name).plugin is None
+    for name in TASKS.names():
+        cls = TASKS.get(name)
+        assert TASKS.entry(name).info == {"kind": cls.kind, "embedded": cls.embedded}, name
