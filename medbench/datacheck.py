@@ -1,8 +1,11 @@
 """``medbench data check``: validate a local dataset copy and count what a run would see.
 
 :func:`check_task` loads every split of a task, opens every referenced image, and returns
-``{"task", "splits": {split: {"n", "open", "closed", "report"}}, "skipped": [{"id", "reason"}],
-"image_modes", "count_checks", "provenance"}``. ``n`` counts usable samples: loader skips, images
+``{"task", "data_root", "image_root", "splits": {split: {"rows", "n", "unscorable", "open", "closed", "mc",
+"report"}}, "skipped": [{"id", "reason"}], "image_modes", "count_checks", "provenance"}``. ``rows`` counts
+the records of the split as published (or as drawn, for a derived split), ``unscorable`` those without
+a gold answer (they stay in the split but are never loaded; the rule is
+``medbench.tasks._common.UNSCORABLE_RULE``). ``n`` counts scorable, usable samples: loader skips, images
 that fail to open (``image-unreadable``) and images that cannot be turned into an 8-bit model input
 (``image-unconvertible``: a constant or non-finite 16-bit/float image, an unknown pixel mode; see
 :mod:`medbench.images`) are left out of it and listed under ``skipped``. ``image_modes`` counts the
@@ -36,11 +39,19 @@ def _open_image(path: str) -> tuple[str | None, str | None]:
 
 
 def make_task(name: str, data_root: str | None, **options: Any) -> Any:
-    """Instantiate task ``name``, passing only the options its constructor accepts."""
+    """Instantiate task ``name``, passing only the options its constructor accepts.
+
+    ``image_root`` is the exception: a task that reads its images from its data root refuses it
+    (a :class:`~medbench.task.DataRootError`) rather than ignoring it.
+    """
     from medbench.registry import TASKS
+    from medbench.task import DataRootError
 
     cls = TASKS.get(name)
     params = inspect.signature(cls.__init__).parameters
+    if options.get("image_root") is not None and "image_root" not in params:
+        raise DataRootError(f"{name} reads its images from its data root; --image-root is for tasks whose images "
+                            "live in another folder (iu-xray-vqa, omnimedvqa, mimic-cxr-report)")
     return cls(data_root=data_root, **{k: v for k, v in options.items() if k in params})
 
 
@@ -100,7 +111,10 @@ def check_task(name: str, data_root: str | None = None, *, open_images: bool = T
                     continue
             usable.append(s)
         kinds = Counter(s.answer_type for s in usable)
-        splits[split] = {"n": len(usable), "open": kinds[AnswerType.OPEN], "closed": kinds[AnswerType.CLOSED],
+        chk = getattr(task, "count_checks", {}).get(split, {})
+        splits[split] = {"rows": chk.get("rows", len(samples)), "n": len(usable),
+                         "unscorable": chk.get("unscorable", 0), "open": kinds[AnswerType.OPEN],
+                         "closed": kinds[AnswerType.CLOSED], "mc": kinds[AnswerType.MC],
                          "report": kinds[AnswerType.REPORT]}
         if grid is not None and any(s.roi is not None for s in usable):
             visibility[split] = {"model": grid[0], **roi_visibility(usable, grid[1])}
@@ -108,6 +122,7 @@ def check_task(name: str, data_root: str | None = None, *, open_images: bool = T
     return {
         "task": task.name,
         "data_root": None if task.data_root is None else str(task.data_root),
+        "image_root": None if getattr(task, "image_root", None) is None else str(task.image_root),
         "splits": splits,
         "skipped": skipped,
         "skipped_by_reason": dict(Counter(s["reason"].split(":", 1)[0] for s in skipped)),
@@ -122,7 +137,9 @@ def render_text(result: dict[str, Any], max_listed: int = 100) -> str:
     """A human-readable summary of :func:`check_task`'s result."""
     from tabulate import tabulate
 
-    lines = [f"task {result['task']}  (data root: {result['data_root']})", ""]
+    image_root = result.get("image_root")
+    lines = [f"task {result['task']}  (data root: {result['data_root']}"
+             + (f"; image root: {image_root})" if image_root else ")"), ""]
     checks = result.get("count_checks", {})
     rows = []
     for split, c in result["splits"].items():
@@ -130,8 +147,13 @@ def render_text(result: dict[str, Any], max_listed: int = 100) -> str:
         table6 = chk.get("table6")
         note = "" if table6 is None else ("derived split" if chk.get("derived") else
                                           "ok" if chk.get("match") else "DIFFERS")
-        rows.append([split, c["n"], c["open"], c["closed"], c["report"], table6 if table6 is not None else "", note])
-    lines.append(tabulate(rows, headers=["split", "n", "open", "closed", "report", "Table 6", "check"]))
+        rows.append([split, c.get("rows", c["n"]), c["n"], c["open"], c["closed"], c.get("mc", 0), c["report"],
+                     table6 if table6 is not None else "", note])
+    lines.append(tabulate(rows, headers=["split", "rows", "scorable", "open", "closed", "mc", "report", "Table 6",
+                                         "check"]))
+    if any(c.get("unscorable") for c in result["splits"].values()):
+        lines.append("unscorable rows (no gold answer; kept in the split, never scored): "
+                     + ", ".join(f"{split} {c['unscorable']}" for split, c in result["splits"].items()))
     modes = result.get("image_modes") or {}
     if modes:
         from medbench.images import HIGH_DEPTH_MODES, RESCALE_RULE

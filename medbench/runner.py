@@ -45,6 +45,7 @@ class RunConfig:
     output_dir: str = "results/runs"
     checkpoint_dir: str = "results/checkpoints"
     data_root: str | None = None
+    image_root: str | None = None  # a second root for tasks whose images live in another folder
     device: str = "auto"
     device_map: str | None = None
     max_new_tokens: int | None = None
@@ -222,6 +223,15 @@ def tuning_checkpoint(cfg: RunConfig, res: Resolved, backbone: Any, task: Any) -
     return Path(cfg.checkpoint_dir) / model_name / task.name / f"{res.tuning}-{fp[:16]}"
 
 
+def open_run_task(cfg: RunConfig) -> Any:
+    """The run's task from ``data_root`` (and ``image_root``, refused by tasks that do not take one)."""
+    if cfg.image_root is None:
+        return TASKS.get(cfg.task)(data_root=cfg.data_root)
+    from medbench.datacheck import make_task
+
+    return make_task(cfg.task, cfg.data_root, image_root=cfg.image_root)
+
+
 def run(cfg: RunConfig) -> dict[str, Any]:
     """Execute a run end to end and return the results dict (also written to results.json).
 
@@ -239,7 +249,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         raise ConfigError("--device-map shards one model in one process; do not combine it with data-parallel ranks")
     check_limit(cfg.limit)
     res = resolve_methods(cfg)
-    task = TASKS.get(cfg.task)(data_root=cfg.data_root)
+    task = open_run_task(cfg)
     decoder = METHODS.get(res.decoding)(**res.decoding_args)
     samples = select_samples(task, cfg.limit)
     decoder.check_samples(samples)

@@ -13,6 +13,7 @@ class AnswerType(str, enum.Enum):
 
     OPEN = "open"
     CLOSED = "closed"
+    MC = "mc"  # multiple choice: ``meta["options"]`` (a list) and ``meta["gold"]`` (the letter)
     REPORT = "report"
 
 

@@ -5,6 +5,7 @@
   Table 6 count check (a logged warning recorded in ``count_checks``, never a crash).
 - :func:`grouped_split` and the manifest helpers: derived splits ``sha256-group-v1`` (spec §2.9).
 - Readers that name the file, the record and the field of malformed input.
+- The rule for unscorable rows (:data:`UNSCORABLE_RULE`), shared by every loader.
 """
 
 from __future__ import annotations
@@ -30,6 +31,22 @@ PHANTOM_HINT = "For a weight-free, data-free run use `--task phantom-vqa` (or `-
 MANIFEST_DIR = Path(__file__).resolve().parent / "manifests"
 SPLIT_ALGORITHM = "sha256-group-v1"
 IMAGE_PLACEHOLDER = re.compile(r"\s*<image>\s*")
+
+#: Skip reasons that mean "this row has no gold answer" (as opposed to an unusable row: a missing
+#: image, a malformed record, a duplicate id, ...).
+UNSCORABLE_REASONS = ("empty-answer", "hedged-answer", "mc-no-gold", "short-target", "report-missing",
+                      "report-hand-sectioned")
+UNSCORABLE_RULE = (
+    "A row without a gold answer (an empty answer, a CARES answer without yes/no, an MC answer that maps "
+    "to no single option, a missing report or a report target under the length limit) stays in its split: "
+    "it counts among the split's rows and in derived-split draws, but it is never loaded as a sample, so it "
+    "is never decoded, scored or trained on; it is listed under `skipped` with its reason."
+)
+
+
+def is_unscorable(reason: str) -> bool:
+    """Whether a skip reason is one of :data:`UNSCORABLE_REASONS` (no gold answer)."""
+    return reason.split(":", 1)[0] in UNSCORABLE_REASONS
 
 
 class MalformedDataError(DataRootError):
@@ -221,6 +238,7 @@ class RealTask(Task):
         self.count_checks: dict[str, dict[str, Any]] = {}
         self.provenance: dict[str, Any] = {}
         self._loaded: dict[str, list[Sample]] = {}
+        self._outside_split = 0  # skips recorded during a split's load that belong to no split
 
     # -- roots and errors
 
@@ -284,7 +302,7 @@ class RealTask(Task):
         if split not in self.splits:
             raise ValueError(f"{self.name} has splits {self.splits}, not {split!r}")
         if split not in self._loaded:
-            before = len(self.skipped)
+            before, outside = len(self.skipped), self._outside_split
             seen: set[str] = set()
             samples = []
             for s in self._load(split):
@@ -294,7 +312,10 @@ class RealTask(Task):
                 seen.add(s.id)
                 samples.append(s)
             samples.sort(key=lambda s: s.id)
-            self._record_count(split, len(samples), len(self.skipped) - before)
+            mine = self.skipped[before:]
+            n_outside = self._outside_split - outside
+            unscorable = sum(1 for s in mine if is_unscorable(s.reason))
+            self._record_count(split, len(samples), len(mine) - n_outside, unscorable)
             self._loaded[split] = samples
         return list(self._loaded[split])
 
@@ -302,9 +323,11 @@ class RealTask(Task):
     def _load(self, split: str) -> Iterable[Sample]:
         """Every sample of ``split`` (order free; :meth:`load` sorts and caches them)."""
 
-    def _record_count(self, split: str, n: int, n_skipped: int) -> None:
+    def _record_count(self, split: str, n: int, n_skipped: int, n_unscorable: int = 0) -> None:
+        """``rows`` = records of the split (loaded + skipped); ``loaded`` = the scorable samples."""
         expected = self.table6.get(split)
-        check = {"loaded": n, "skipped": n_skipped, "table6": expected,
+        check = {"rows": n + n_skipped, "loaded": n, "skipped": n_skipped, "unscorable": n_unscorable,
+                 "table6": expected,
                  "match": None if expected is None else n == expected, "derived": self.derived}
         self.count_checks[split] = check
         if expected is None:
@@ -331,10 +354,14 @@ class DerivedSplitTask(RealTask):
     test_fraction: ClassVar[float] = 0.30
 
     def __init__(self, data_root: str | os.PathLike | None = None, *, strict: bool = False,
-                 allow_source_mismatch: bool = False, manifest_dir: str | os.PathLike | None = None):
+                 allow_source_mismatch: bool = False, manifest_dir: str | os.PathLike | None = None,
+                 image_root: str | os.PathLike | None = None):
         """``manifest_dir`` overrides the packaged ``manifests/``; ``allow_source_mismatch`` uses a
-        manifest even when the local source files differ from the ones it was built from (logged)."""
+        manifest even when the local source files differ from the ones it was built from (logged);
+        ``image_root`` is a second root where the images live when they are not under the data root
+        (``--image-root``; what it must hold is in each task's ``expected_layout``)."""
         super().__init__(data_root, strict=strict)
+        self.image_root = Path(image_root) if image_root is not None else None
         self.allow_source_mismatch = allow_source_mismatch
         self.manifest_dir = Path(manifest_dir) if manifest_dir is not None else None
         self._rows: list[Row] | None = None
@@ -404,8 +431,10 @@ class DerivedSplitTask(RealTask):
             for row in self.rows():
                 if assignment.get(row.id) is None:
                     self.skip(row.id, "not-in-manifest")
+                    self._outside_split += 1
                 elif assignment[row.id] == "mismatch":
                     self.skip(row.id, "manifest-check-mismatch: image or question differs from the manifest")
+                    self._outside_split += 1
 
     def _materialise(self, row: Row, split: str) -> Iterator[Sample]:
         assert row.sample is not None and row.image_base is not None
@@ -452,13 +481,13 @@ class CaresTask(DerivedSplitTask):
     cares_name: ClassVar[str] = ""
     cares_dirs: ClassVar[tuple[str, ...]] = ("",)
 
-    def __init__(self, data_root: str | os.PathLike | None = None, *, strict: bool = False,
-                 allow_source_mismatch: bool = False, manifest_dir: str | os.PathLike | None = None,
-                 images_root: str | os.PathLike | None = None):
-        """``images_root`` points at the image folder explicitly (see each task)."""
-        super().__init__(data_root, strict=strict, allow_source_mismatch=allow_source_mismatch,
-                         manifest_dir=manifest_dir)
-        self.images_root = Path(images_root) if images_root is not None else None
-
     def cares_file(self) -> Path:
         return self.find_dir(*self.cares_dirs, marker=self.cares_name) / self.cares_name
+
+    def checked_image_root(self) -> Path:
+        """The ``image_root`` given, which must be a directory (a layout error otherwise)."""
+        assert self.image_root is not None
+        if not self.image_root.is_dir():
+            raise self.layout_error(f"image root {self.image_root} does not exist or is not a directory")
+        self.provenance["image_root"] = str(self.image_root)
+        return self.image_root

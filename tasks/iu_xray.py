@@ -2,12 +2,14 @@
 
 ``iu-xray-vqa`` layout: ``DIR/iuxray_factuality.jsonl`` (also found at
 ``DIR/CARES/data/IU-Xray/`` or ``DIR/data/IU-Xray/``) and the R2Gen images at
-``DIR/iu_xray/images/<study>/0.png`` (or ``DIR/images/``, or ``images_root=``). ``question_id`` is 0
+``DIR/iu_xray/images/<study>/0.png`` (or ``DIR/images/``); when the images stay in the R2Gen folder,
+``image_root=`` (``--image-root``) points at R2Gen's ``iu_xray/``, its parent, or ``images/`` itself. ``question_id`` is 0
 on every row, so ids are ``iuxray-cares-L<line:05d>`` (0-based line number). The trailing
 ``\\n<image>`` is stripped; every row is CLOSED; the scored answer is the gold label, the first
 whole-word yes/no of the lower-cased free-text answer (kept in ``meta["answer_original"]``).
-Empty answers (skip ``empty-answer``) and answers without yes/no (skip ``hedged-answer``) stay in
-the split draw but are never scored. Split: ``sha256-group-v1`` grouped by image, seed 0, 30 % test;
+Empty answers (skip ``empty-answer``) and answers without yes/no (skip ``hedged-answer``) are
+unscorable rows: they stay in their split (and in the split draw) but are never loaded, scored or
+trained on (:data:`~medbench.tasks._common.UNSCORABLE_RULE`). Split: ``sha256-group-v1`` grouped by image, seed 0, 30 % test;
 a manifest in ``manifests/`` overrides it.
 
 ``iu-xray-report`` layout: ``DIR/annotation.json`` (``{"train": [...], "val": [...], "test": [...]}``
@@ -56,17 +58,21 @@ class IUXrayVQA(CaresTask):
     table6 = {"train": 1789, "test": 784}
     expected_layout = (
         f"DIR/{CARES_FILE} (or DIR/CARES/data/IU-Xray/{CARES_FILE})\n"
-        "DIR/iu_xray/images/<study>/0.png (the R2Gen images; or DIR/images/)"
+        "DIR/iu_xray/images/<study>/0.png (the R2Gen images; or DIR/images/),\n"
+        "or the images elsewhere: --image-root R2GEN_DIR (R2Gen's iu_xray/, its parent, or its images/)"
     )
 
     cares_name = CARES_FILE
     cares_dirs = CARES_DIRS
 
     def images_dir(self) -> Path:
-        if self.images_root is not None:
-            if not self.images_root.is_dir():
-                raise self.layout_error(f"images_root {self.images_root} is not a directory")
-            return self.images_root
+        """R2Gen's ``images/`` folder: under the image root when one is given, else under the data root."""
+        if self.image_root is not None:
+            root = self.checked_image_root()
+            for cand in (root / "iu_xray" / "images", root / "images"):
+                if cand.is_dir():
+                    return cand
+            return root  # the images/ folder itself
         return self.find_dir("iu_xray", "", marker="images") / "images"
 
     def source_files(self) -> list[Path]:
@@ -110,10 +116,12 @@ class IUXrayVQA(CaresTask):
 
     def _log_overlap(self, rows: list[Row]) -> None:
         """Log how many CARES images are R2Gen training images (unconfirmed in the spec)."""
-        try:
-            ann = self.find_dir("iu_xray", "", marker="annotation.json") / "annotation.json"
-        except Exception:
+        bases = [self.root()] + ([self.image_root] if self.image_root is not None else [])
+        found = [b / sub / "annotation.json" for b in bases for sub in ("iu_xray", "", "..")
+                 if (b / sub / "annotation.json").is_file()]
+        if not found:
             return
+        ann = found[0]
         data = read_json(ann)
         train = {e.get("id") for e in data.get("train", []) if isinstance(e, dict)} if isinstance(data, dict) else set()
         studies = {r.group.split("/")[0] for r in rows if r.sample is not None}

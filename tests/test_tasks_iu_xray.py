@@ -9,6 +9,7 @@ import pytest
 from fixtures_datasets import CARES_ROWS, TINY_WEIGHTS, run_tiny, write_cares_iuxray, write_r2gen
 
 from medbench.backbones.templates import TINY
+from medbench.cli import main
 from medbench.task import DataRootError
 from medbench.tasks._common import MalformedDataError
 from medbench.tasks.iu_xray import REPORT_INSTRUCTION, IUXrayReport, IUXrayVQA
@@ -62,7 +63,38 @@ def test_cares_malformed_and_images_root(tmp_path: Path) -> None:
     (other / "iuxray_factuality.jsonl").write_bytes((root / "iuxray_factuality.jsonl").read_bytes())
     with pytest.raises(DataRootError, match="images"):
         IUXrayVQA(other).load("test")
-    assert len(IUXrayVQA(other, images_root=root / "iu_xray" / "images").load("test")) > 0
+    expected = [(s.id, Path(s.image_path).relative_to(root / "iu_xray" / "images")) for s in IUXrayVQA(root).load("test")]
+    for image_root in (root / "iu_xray" / "images", root / "iu_xray", root):  # images/, R2Gen's iu_xray/, its parent
+        task = IUXrayVQA(other, image_root=image_root)
+        got = [(s.id, Path(s.image_path).relative_to(root / "iu_xray" / "images")) for s in task.load("test")]
+        assert got == expected and task.provenance["image_root"] == str(image_root)
+    with pytest.raises(DataRootError, match="image root .* does not exist"):
+        IUXrayVQA(other, image_root=tmp_path / "nowhere").load("test")
+
+
+def test_cares_data_check_rows_and_scorable(tmp_path: Path, capsys) -> None:
+    """Unscorable rows (empty, hedged) stay in their split: rows vs scorable in `data check`, both roots."""
+    root = write_cares_iuxray(tmp_path / "r2gen")
+    cares = tmp_path / "cares"
+    cares.mkdir()
+    (root / "iuxray_factuality.jsonl").rename(cares / "iuxray_factuality.jsonl")
+    argv = ["data", "check", "--task", "iu-xray-vqa", "--data-root", str(cares), "--image-root", str(root / "iu_xray")]
+    assert main([*argv, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["data_root"] == str(cares) and out["image_root"] == str(root / "iu_xray")
+    splits = out["splits"]
+    assert sum(c["rows"] for c in splits.values()) == len(CARES_ROWS) == 12
+    assert sum(c["n"] for c in splits.values()) == sum(c["closed"] for c in splits.values()) == 10
+    assert sum(c["unscorable"] for c in splits.values()) == 2
+    task = IUXrayVQA(cares, image_root=root / "iu_xray")
+    assignment = task.assignment()
+    for split, c in splits.items():
+        assert c["rows"] == sum(v == split for v in assignment.values())
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert f"image root: {root / 'iu_xray'}" in text and "unscorable rows" in text
+    assert main(["data", "check", "--task", "iu-xray-report", "--data-root", str(root), "--image-root", str(root)]) == 1
+    assert "reads its images from its data root" in capsys.readouterr().err
 
 
 def test_r2gen_reports(tmp_path: Path) -> None:

@@ -9,6 +9,8 @@ import sys
 EPILOG = """examples:
   medbench data check --task slake --data-root /data/Slake1.0
   medbench data check --task vqa-rad --json
+  medbench data check --task iu-xray-vqa --data-root /data/CARES/data/IU-Xray --image-root /data/r2gen/iu_xray
+  medbench data check --task mimic-cxr-report --data-root /data/mimic-cxr-reports --image-root /data/mimic-cxr-jpg
   medbench data manifest --task iu-xray-vqa --data-root /data/iu-xray-vqa
   medbench data probe --task phantom-vqa
 """
@@ -29,6 +31,11 @@ examples:
 """
 
 
+IMAGE_ROOT_HELP = ("a second root holding the images when they are not under --data-root (iu-xray-vqa: R2Gen's "
+                   "iu_xray/; omnimedvqa: the OmniMedVQA folder with Images/; mimic-cxr-report: the MIMIC-CXR-JPG "
+                   "folder with files/, or R2Gen's mimic_cxr/)")
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="validate local datasets and their split manifests", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -37,6 +44,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     c.add_argument("--task", required=True, help="task name (see `medbench list tasks`)")
     c.add_argument("--data-root", help="dataset directory (default $MEDBENCH_DATA/<task>)")
+    c.add_argument("--image-root", metavar="DIR", help=IMAGE_ROOT_HELP)
     c.add_argument("--json", action="store_true", help="print the result as JSON")
     c.add_argument("--no-open-images", dest="open_images", action="store_false",
                    help="check that images exist but do not decode them")
@@ -50,6 +58,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     m.add_argument("--task", required=True, help="a task with a derived split: iu-xray-vqa, omnimedvqa, mimic-cxr-report")
     m.add_argument("--data-root", help="dataset directory (default $MEDBENCH_DATA/<task>)")
+    m.add_argument("--image-root", metavar="DIR", help=IMAGE_ROOT_HELP)
     m.add_argument("--out", help="output directory (default: the package's tasks/manifests/)")
     m.set_defaults(func=manifest)
     pr = inner.add_parser("probe", help="shortcut probes: how much is answerable without looking at the RoI",
@@ -75,7 +84,8 @@ def check(args: argparse.Namespace) -> int:
 
     try:
         result = check_task(args.task, args.data_root, open_images=args.open_images,
-                            allow_source_mismatch=args.allow_source_mismatch, grid_model=args.grid_model)
+                            allow_source_mismatch=args.allow_source_mismatch, grid_model=args.grid_model,
+                            image_root=args.image_root)
     except DataRootError as exc:
         if args.json:
             print(json.dumps({"task": args.task, "error": str(exc)}, indent=2))
@@ -87,14 +97,19 @@ def check(args: argparse.Namespace) -> int:
 
 def manifest(args: argparse.Namespace) -> int:
     from medbench.datacheck import make_task
+    from medbench.task import DataRootError
     from medbench.tasks._common import DerivedSplitTask
 
-    task = make_task(args.task, args.data_root)
-    if not isinstance(task, DerivedSplitTask):
-        print(f"medbench: error: {args.task} uses its official published split; only iu-xray-vqa, omnimedvqa and "
-              "mimic-cxr-report have derived-split manifests", file=sys.stderr)
-        return 2
-    path = task.write_manifest(args.out)
+    try:
+        task = make_task(args.task, args.data_root, image_root=args.image_root)
+        if not isinstance(task, DerivedSplitTask):
+            print(f"medbench: error: {args.task} uses its official published split; only iu-xray-vqa, omnimedvqa "
+                  "and mimic-cxr-report have derived-split manifests", file=sys.stderr)
+            return 2
+        path = task.write_manifest(args.out)
+    except DataRootError as exc:
+        print(f"medbench: error: {exc}", file=sys.stderr)
+        return 1
     print(f"wrote {path}")
     return 0
 
