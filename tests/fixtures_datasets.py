@@ -234,20 +234,110 @@ def write_omnimedvqa(root: Path) -> Path:
     return root
 
 
+def release_record(qid: str, dataset: str, image: str, question: str, answer: str, options: list[str],
+                   modality: str = "Fundus Photography") -> dict[str, Any]:
+    """One record of the official OmniMedVQA release (``QA_information/<access>/<Dataset>.json``)."""
+    rec = {"dataset": dataset, "question_id": qid, "question_type": "Modality Recognition", "question": question,
+           "gt_answer": answer, "image_path": image, "modality_type": modality}
+    rec.update({f"option_{letter}": opt for letter, opt in zip("ABCD", options)})
+    return rec
+
+
+# (access, dataset, question_id, image, question, gt_answer, options)
+OMNI_RELEASE = [
+    ("Open-access", "ACRIMA", "ACRIMA_0000", "Images/ACRIMA/Im001.png", "What modality is shown?",
+     "Fundus photography", ["CT", "MRI", "X-ray", "Fundus photography"]),
+    ("Open-access", "ACRIMA", "ACRIMA_0001", "Images/ACRIMA/Im002.png", "Is there glaucoma?",
+     "No, It's normal.", ["No, It's normal.", "Yes, It's glaucoma."]),
+    ("Open-access", "ACRIMA", "ACRIMA_0002", "Images/ACRIMA/Im003.png", "Which imaging technique?",
+     "Dermoscopy.", ["Dermoscopy", "Endoscopy", "Ultrasound"]),
+    ("Open-access", "ACRIMA", "ACRIMA_0003", "Images/ACRIMA/Im003.png", "Which eye?", "B", ["Left", "Right"]),
+    ("Open-access", "Thyroid US", "ThyroidUS_0000", "Images/Thyroid US/t1.jpg", "Which organ is imaged?",
+     "C:Thyroid", ["Liver", "Kidney", "Thyroid", "Heart"]),
+    ("Open-access", "Thyroid US", "ThyroidUS_0001", "Images/Thyroid US/t2.jpg", "Is the nodule benign?",
+     "(A) yes", ["yes", "no"]),
+    ("Open-access", "Thyroid US", "ThyroidUS_0002", "Images/Thyroid US/t3.jpg", "Which organ?",
+     "B:Liver", ["Liver", "Kidney"]),  # the letter and the text disagree: unscorable
+    ("Open-access", "Thyroid US", "ThyroidUS_0003", "Images/Thyroid US/t4.jpg", "Which side?", "both",
+     ["left", "right"]),  # matches no option: unscorable
+    ("Open-access", "Thyroid US", "ThyroidUS_0001", "Images/Thyroid US/t2.jpg", "Repeated id?", "yes",
+     ["yes", "no"]),  # a repeated question_id
+    ("Restricted-access", "AIDA", "AIDA_0000", "Images/AIDA/a1.png", "What organ?", "Colon, sigmoid",
+     ["Colon, sigmoid", "Stomach"]),
+    ("Restricted-access", "AIDA", "AIDA_0001", "Images/AIDA/a2.png", "What modality?", "Endoscopy",
+     ["Endoscopy", "CT"]),  # restricted images are not in the public download: this one is absent
+]
+
+
+def write_omnimedvqa_release(root: Path, *, access: tuple[str, ...] = ("Open-access", "Restricted-access"),
+                             images: Path | None = None) -> Path:
+    """The official release ``OmniMedVQA/{QA_information/<access>/<Dataset>.json, Images/<Dataset>/...}``;
+    returns the ``OmniMedVQA`` folder. ``images``: write ``Images/`` under that folder instead."""
+    base = root / "OmniMedVQA"
+    img_base = images if images is not None else base
+    files: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for k, (acc, dataset, qid, image, question, answer, options) in enumerate(OMNI_RELEASE):
+        if acc not in access:
+            continue
+        files.setdefault((acc, dataset), []).append(release_record(qid, dataset, image, question, answer, options))
+        if qid != "AIDA_0001":
+            write_image(img_base / image, k)
+    for (acc, dataset), records in files.items():
+        write_json(base / "QA_information" / acc / f"{dataset}.json", records)
+    return base
+
+
 # ---- MIMIC-CXR-JPG ---------------------------------------------------------------------------
 
 LONG_FINDINGS = "The lungs are clear without focal consolidation. The cardiomediastinal silhouette is normal."
+# Free-text reports as the MIMIC-CXR project writes them (a heading is "\n <UPPER CASE>:") and the row
+# MIT-LCP's create_section_files.py writes for each into mimic_cxr_sectioned.csv (None: no row).
+MIMIC_REPORTS: dict[str, tuple[str, tuple[str, str] | None]] = {
+    "50000001": (f"                                 FINAL REPORT\n EXAMINATION: CHEST\n\n FINDINGS: {LONG_FINDINGS}\n\n"
+                 " IMPRESSION: No acute process.\n", (LONG_FINDINGS, "No acute process.")),
+    # the combined heading is impression (MIT-LCP), not a dropped report
+    "50000002": ("                                 FINAL REPORT\n INDICATION: ___ with dyspnea.\n\n"
+                 " FINDINGS AND IMPRESSION: Stable moderate cardiomegaly with mild pulmonary edema\n and small "
+                 "bilateral effusions.\n", ("", "Stable moderate cardiomegaly with mild pulmonary edema\n and small "
+                                             "bilateral effusions.")),
+    "50000003": (f" FINAL REPORT\n FINDINGS: {LONG_FINDINGS}\n IMPRESSION: Normal.\n", (LONG_FINDINGS, "Normal.")),
+    # CONCLUSION is impression
+    "50000004": (f"                                 FINAL REPORT\n COMPARISON: None.\n\n FINDINGS: {LONG_FINDINGS}\n\n"
+                 " CONCLUSION: No pneumonia.\n", (LONG_FINDINGS, "No pneumonia.")),
+    "50000005": ("                                 FINAL REPORT\n IMPRESSION: Normal.\n", ("", "Normal.")),
+    # IMPRESSIONS contains "impression"; a wet read before the findings is its own section
+    "50000007": (f"WET READ: ___ no pneumothorax\n\n FINDINGS: {LONG_FINDINGS}\n \n IMPRESSIONS: Unchanged.\n",
+                 (LONG_FINDINGS, "Unchanged.")),
+    "50000008": (f" FINAL REPORT\n FINDINGS: {LONG_FINDINGS}\n IMPRESSION: Normal.\n", (LONG_FINDINGS, "Normal.")),
+    # a view heading is findings; a misspelt impression heading is impression
+    "50000009": ("                                 FINAL REPORT\n PA AND LATERAL VIEWS OF THE CHEST: Heart size is "
+                 "normal. The lungs are clear. No effusion or pneumothorax is seen.\n\n IMPRESSON: Normal chest.\n",
+                 ("Heart size is normal. The lungs are clear. No effusion or pneumothorax is seen.", "Normal chest.")),
+    # an empty FINDINGS section is dropped, the last non-empty one kept; a heading inside a line is not one
+    "50000010": (" FINAL REPORT\n FINDINGS:\n \n FINDINGS: Low lung volumes. NOTE: bibasilar atelectasis is present. There is no "
+                 "pneumothorax or effusion.\n \n IMPRESSION: Atelectasis.\n",
+                 ("Low lung volumes. NOTE: bibasilar atelectasis is present. There is no pneumothorax or effusion.",
+                  "Atelectasis.")),
+    # MIT-LCP sections this study by hand: no row in the sectioned CSV
+    "50913680": (f" FINAL REPORT\n FINDINGS: {LONG_FINDINGS}\n IMPRESSION: Normal.\n", None),
+    # no headings at all: neither findings nor impression
+    "50000012": ("The lungs are clear. The heart is normal in size. There is no effusion or pneumothorax seen.\n",
+                 ("", "")),
+}
 MIMIC_STUDIES = [
-    # (subject, study, split, [(dicom, view)], findings, impression)
-    ("10000001", "50000001", "train", [("d3", "LATERAL"), ("d2", "PA"), ("d1", "PA")], LONG_FINDINGS, "No acute process."),
-    ("10000002", "50000002", "train", [("d4", "AP")], "", "Stable moderate cardiomegaly with mild pulmonary edema "
-                                                         "and small bilateral effusions."),
-    ("10000003", "50000003", "train", [("d5", "LATERAL")], LONG_FINDINGS, "Normal."),
-    ("10000004", "50000004", "test", [("d6", "PA")], LONG_FINDINGS, "No pneumonia."),
-    ("10000005", "50000005", "test", [("d7", "AP")], "", "Normal."),
-    ("10000006", "50000006", "test", [("d8", "PA")], None, None),
-    ("10000007", "50000007", "test", [("d9", "AP")], LONG_FINDINGS, "Unchanged."),
-    ("10000008", "50000008", "validate", [("d10", "PA")], LONG_FINDINGS, "Normal."),
+    # (subject, study, split, [(dicom, view)]); a study without a MIMIC_REPORTS entry has no report
+    ("10000001", "50000001", "train", [("d3", "LATERAL"), ("d2", "PA"), ("d1", "PA")]),
+    ("10000002", "50000002", "train", [("d4", "AP")]),
+    ("10000003", "50000003", "train", [("d5", "LATERAL")]),
+    ("10000004", "50000004", "test", [("d6", "PA")]),
+    ("10000005", "50000005", "test", [("d7", "AP")]),
+    ("10000006", "50000006", "test", [("d8", "PA")]),
+    ("10000007", "50000007", "test", [("d9", "AP")]),
+    ("10000008", "50000008", "validate", [("d10", "PA")]),
+    ("10000009", "50000009", "test", [("d11", "LATERAL"), ("d12", "AP"), ("d13", "PA")]),
+    ("10000010", "50000010", "test", [("d14", "PA")]),
+    ("11851243", "50913680", "test", [("d15", "PA")]),
+    ("10000012", "50000012", "test", [("d16", "PA")]),
 ]
 
 
@@ -261,37 +351,74 @@ def _write_csv_gz(path: Path, header: list[str], rows: list[list[str]]) -> None:
         fh.write(buf.getvalue())
 
 
-def write_mimic(root: Path, reports: str = "sectioned") -> Path:
-    """MIMIC-CXR-JPG files; ``reports`` is ``"sectioned"`` (CSV), ``"zip"`` or ``"files"`` (loose .txt)."""
+def write_mimic(root: Path, reports: str | tuple[str, ...] = "sectioned", *, images: Path | None = None,
+                csvs: Path | None = None) -> Path:
+    """MIMIC-CXR-JPG files; ``reports`` is ``"sectioned"`` (CSV), ``"zip"`` or ``"files"`` (loose .txt), or a
+    tuple of them (a mix). ``images``/``csvs``: write the JPGs / the metadata and split CSVs there instead
+    (the MIMIC-CXR-JPG folder, when the reports live in another one)."""
+    kinds = (reports,) if isinstance(reports, str) else reports
+    images, csvs = images or root, csvs or root
+    root.mkdir(parents=True, exist_ok=True)
     meta, split_rows, sectioned = [], [], []
     texts: dict[str, str] = {}
-    for k, (subject, study, split, dicoms, findings, impression) in enumerate(MIMIC_STUDIES):
+    for k, (subject, study, split, dicoms) in enumerate(MIMIC_STUDIES):
         for j, (dicom, view) in enumerate(dicoms):
-            write_image(root / "files" / f"p{subject[:2]}" / f"p{subject}" / f"s{study}" / f"{dicom}.jpg", k + j)
+            write_image(images / "files" / f"p{subject[:2]}" / f"p{subject}" / f"s{study}" / f"{dicom}.jpg", k + j)
             meta.append([dicom, subject, study, "CHEST (PA AND LAT)", view, "48", "64"])
             split_rows.append([dicom, study, subject, split])
-        if findings is None:
+        if study not in MIMIC_REPORTS:
             continue
-        sectioned.append([f"s{study}", impression, findings, "", ""])
-        body = f"FINDINGS: {findings}\n\n" if findings else ""
-        texts[f"files/p{subject[:2]}/p{subject}/s{study}.txt"] = (
-            f"                                 FINAL REPORT\n EXAMINATION: CHEST\n\n {body}IMPRESSION: {impression}\n")
-    _write_csv_gz(root / "mimic-cxr-2.0.0-metadata.csv.gz",
+        text, row = MIMIC_REPORTS[study]
+        if row is not None:
+            sectioned.append([f"s{study}", row[1] or None, row[0] or None, None, None])
+        texts[f"files/p{subject[:2]}/p{subject}/s{study}.txt"] = text
+    _write_csv_gz(csvs / "mimic-cxr-2.0.0-metadata.csv.gz",
                   ["dicom_id", "subject_id", "study_id", "PerformedProcedureStepDescription", "ViewPosition",
                    "Rows", "Columns"], meta)
-    _write_csv_gz(root / "mimic-cxr-2.0.0-split.csv.gz", ["dicom_id", "study_id", "subject_id", "split"], split_rows)
-    if reports == "sectioned":
+    _write_csv_gz(csvs / "mimic-cxr-2.0.0-split.csv.gz", ["dicom_id", "study_id", "subject_id", "split"], split_rows)
+    if "sectioned" in kinds:
         with open(root / "mimic_cxr_sectioned.csv", "w", encoding="utf-8", newline="") as fh:
             writer = csv.writer(fh)
             writer.writerow(["study", "impression", "findings", "last_paragraph", "comparison"])
             writer.writerows(sectioned)
-    elif reports == "zip":
+    if "zip" in kinds:
         with zipfile.ZipFile(root / "mimic-cxr-reports.zip", "w") as zf:
             for name, text in texts.items():
                 zf.writestr(name, text)
-    else:
+    if "files" in kinds:
         for name, text in texts.items():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
             (root / name).write_text(text, encoding="utf-8")
+    return root
+
+
+# R2Gen's MIMIC-CXR annotation.json: one entry per image (id = dicom_id), the study's cleaned report.
+R2GEN_MIMIC = [
+    # (split, subject, study, [dicoms], report)
+    ("train", "10000032", "50414267", ["02aa804e", "174413ec"],
+     "There is no focal consolidation, pleural effusion or pneumothorax. Bilateral nodular opacities are seen."),
+    ("train", "10000033", "50414268", ["2a2277a9"], "Heart size is normal. Lungs are clear."),
+    ("val", "10000034", "50414269", ["3b3388b0"], "No acute cardiopulmonary process is seen on this radiograph today."),
+    ("test", "10000035", "50414270", ["4c4499c1", "0d0000aa"],
+     "The cardiac silhouette is enlarged. There is mild pulmonary vascular congestion without edema."),
+    ("test", "10000036", "50414271", ["5d55aad2"], ""),
+    ("test", "10000037", "50414272", ["6e66bbe3"],
+     "Lungs are well expanded and clear. No pleural effusion or pneumothorax is present."),
+]
+
+
+def write_mimic_r2gen(root: Path, *, images: Path | None = None) -> Path:
+    """R2Gen's ``mimic_cxr/{annotation.json, images/p1X/...}`` (images under ``images`` if given)."""
+    base = root / "mimic_cxr"
+    img_base = images if images is not None else base / "images"
+    ann: dict[str, list[dict[str, Any]]] = {"train": [], "val": [], "test": []}
+    for k, (split, subject, study, dicoms, report) in enumerate(R2GEN_MIMIC):
+        for j, dicom in enumerate(dicoms):
+            rel = f"p{subject[:2]}/p{subject}/s{study}/{dicom}.jpg"
+            write_image(img_base / rel, k + j)
+            ann[split].append({"id": dicom, "study_id": int(study), "subject_id": int(subject), "report": report,
+                               "image_path": [rel], "split": split})
+    write_json(base / "annotation.json", ann)
     return root
 
 
@@ -300,12 +427,12 @@ def write_mimic(root: Path, reports: str = "sectioned") -> Path:
 TINY_WEIGHTS = Path(__file__).resolve().parent.parent / "medbench" / "assets" / "tiny-med-llava" / "model.safetensors"
 
 
-def run_tiny(task: str, data_root: Path, out: Path) -> dict[str, Any]:
-    """``medbench run --method greedy`` with the shipped tiny model; returns results.json."""
+def run_tiny(task: str, data_root: Path, out: Path, *extra: str) -> dict[str, Any]:
+    """``medbench run --method greedy`` with the shipped tiny model (plus ``extra`` flags); returns results.json."""
     from medbench.cli import main
 
     rc = main(["-q", "run", "--method", "greedy", "--task", task, "--data-root", str(data_root),
-               "--output-dir", str(out), "--limit", "3", "--max-new-tokens", "4", "--device", "cpu"])
+               "--output-dir", str(out), "--limit", "3", "--max-new-tokens", "4", "--device", "cpu", *extra])
     assert rc == 0
     found = list(out.rglob("results.json"))
     assert len(found) == 1
