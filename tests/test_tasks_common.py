@@ -157,6 +157,8 @@ def test_manifest_refuses_changed_source(tmp_path: Path) -> None:
     task.load("test")
     assert task.provenance["source_mismatch_allowed"]
     assert any(s.reason == "not-in-manifest" for s in task.skipped)
+    manifest = read_manifest(tmp_path / "m" / "iu-xray-vqa-cares.v1.json")
+    assert task.count_checks["test"]["rows"] == len(manifest["ids"]["test"])  # the row outside the manifest is none
 
 
 # ---- data check CLI ----------------------------------------------------------------------------
@@ -168,7 +170,9 @@ def test_data_check_json(tmp_path: Path, capsys) -> None:
     assert main(["data", "check", "--task", "vqa-rad", "--data-root", str(root), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["task"] == "vqa-rad"
-    assert out["splits"]["train"] == {"n": 2, "open": 0, "closed": 2, "report": 0}
+    assert out["splits"]["train"] == {"rows": 3, "n": 2, "unscorable": 0, "open": 0, "closed": 2, "mc": 0,
+                                      "report": 0}
+    assert out["splits"]["test"]["rows"] == 2 and out["image_root"] is None  # an unreadable image is still a row
     assert out["splits"]["test"]["n"] == 1
     assert {s["id"] for s in out["skipped"]} == {"vqarad-2", "vqarad-4"}
     assert all(s["reason"].startswith("image-unreadable") for s in out["skipped"])
@@ -201,3 +205,54 @@ def test_missing_root_names_layout(monkeypatch) -> None:
         with pytest.raises(DataRootError, match="phantom-vqa") as info:
             task.load(task.eval_split)
         assert "Expected layout" in str(info.value) and task.expected_layout.splitlines()[0] in str(info.value)
+
+
+def test_unscorable_rule_in_every_derived_loader(tmp_path: Path) -> None:
+    """One rule: a row without gold stays in its split (``rows``) but is never loaded (``loaded``)."""
+    from fixtures_datasets import write_mimic, write_omnimedvqa
+
+    from medbench.tasks._common import UNSCORABLE_REASONS, is_unscorable
+    from medbench.tasks.mimic_cxr import MIMICCXRReport
+    from medbench.tasks.omnimedvqa import OmniMedVQA
+
+    for task, unscorable in ((IUXrayVQA(write_cares_iuxray(tmp_path / "iu")), 2),
+                             (OmniMedVQA(write_omnimedvqa(tmp_path / "omni")), 1),
+                             (MIMICCXRReport(write_mimic(tmp_path / "mimic")), 4)):
+        loaded = {split: len(task.load(split)) for split in task.splits}
+        assert sum(c["unscorable"] for c in task.count_checks.values()) == unscorable, task.name
+        assert sum(1 for s in task.skipped if is_unscorable(s.reason)) == unscorable
+        for split, c in task.count_checks.items():
+            assert c["rows"] == c["loaded"] + c["skipped"] and c["loaded"] == loaded[split]
+        drawn = task.assignment()
+        for split in task.splits:
+            assert task.count_checks[split]["rows"] == sum(v == split for v in drawn.values())
+    assert is_unscorable("short-target: 3 tokens") and not is_unscorable("image-missing: x.png")
+    assert "mc-no-gold" in UNSCORABLE_REASONS
+
+
+def test_unscorable_rule_in_official_loaders(tmp_path: Path) -> None:
+    from fixtures_datasets import write_r2gen
+
+    from medbench.tasks.iu_xray import IUXrayReport
+
+    root = write_r2gen(tmp_path)
+    path = root / "iu_xray" / "annotation.json"
+    ann = json.loads(path.read_text())
+    ann["test"][1]["report"] = " "
+    path.write_text(json.dumps(ann))
+    task = IUXrayReport(root)
+    assert len(task.load("test")) == 1
+    assert task.count_checks["test"] | {"table6": None} == {
+        "rows": 2, "loaded": 1, "skipped": 1, "unscorable": 1, "table6": None, "match": False, "derived": False}
+
+
+def test_image_root_refused_by_tasks_without_one(tmp_path: Path, capsys) -> None:
+    root = write_vqa_rad(tmp_path / "rad")
+    assert main(["data", "check", "--task", "vqa-rad", "--data-root", str(root), "--image-root", str(root)]) == 1
+    assert "--image-root is for tasks whose images live in another folder" in capsys.readouterr().err
+    from medbench.runner import RunConfig, open_run_task
+
+    with pytest.raises(DataRootError, match="reads its images from its data root"):
+        open_run_task(RunConfig(method="greedy", task="vqa-rad", data_root=str(root), image_root=str(root)))
+    task = open_run_task(RunConfig(method="greedy", task="iu-xray-vqa", data_root=str(root), image_root=str(root)))
+    assert task.image_root == root
