@@ -9,8 +9,9 @@
   the paper, each run is matched to the paper row with the same (backbone, tuning, decoding); a
   greedy run of a composition the paper only reports with its unstated default decoding (the
   ``A3TUNE`` rows, Table 2) is matched to that row and says so in ``note``.
-- **Scale.** Values are shown as the tables print them: VQA and report metrics ×100 (2
-  decimals), coverage/intensity as fractions (3 decimals), other metrics as stored.
+- **Scale.** Values are shown as the tables print them, from :mod:`medbench.metric_registry`:
+  VQA and report metrics ×100 (2 decimals), attention fractions and ratios as stored (3 decimals),
+  metrics the registry does not know as stored (4 decimals).
 - **Flag.** ``flag`` is True when the difference lies outside the confidence intervals: each
   value lies outside the other side's CI (where only one side has a CI, the other value lies
   outside it — against the paper, which has no CI: the paper's value outside the run's CI).
@@ -34,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medbench import metric_registry as MR
 from medbench import tables as T
 
 PAPER = "paper"
@@ -52,29 +54,12 @@ PROVENANCE_EXCLUDE = frozenset(
         "_path",
     }
 )
-_PERCENT_METRICS = frozenset(
-    {
-        *T.KIND_METRICS["vqa"],
-        *T.KIND_METRICS["report"],
-        *(a for v in T.METRIC_ALIASES.values() for a in v),
-        "open_precision",
-        "open_f1",
-        "open_em",
-        "accuracy",
-        "acc",
-    }
-)
 _PAPER_SKIP_TABLES = (3,)  # Table 3 repeats the LoRA blocks of Tables 8 and 9
 
 
 def metric_scale(metric: str) -> tuple[float, int]:
     """(multiplier, decimals) for showing a stored metric the way the tables print it."""
-    base = metric.split("@", 1)[0]
-    if base in T.KIND_METRICS["attention"]:
-        return 1.0, 3
-    if base in _PERCENT_METRICS:
-        return 100.0, 2
-    return 1.0, 4
+    return MR.display_scale(metric)
 
 
 @dataclass

@@ -247,6 +247,8 @@ class Method(ABC):
 
     name: ClassVar[str]
     kind: ClassVar[str]
+    #: How tables and listings name the method (``"VCD"``); ``None``: its ``name``.
+    label: ClassVar[str | None] = None
     Params: ClassVar[type] = NoParams
     #: Other accepted names of parameters (``{"lambda": "lam"}``); a name and its alias together are an error.
     ALIASES: ClassVar[dict[str, str]] = {}
@@ -269,6 +271,14 @@ class DecodingMethod(Method):
     #: Sampling methods draw from per-sample generators.
     samples: ClassVar[bool] = False
 
+    @classmethod
+    def supports(cls, task: Any) -> bool:
+        """Whether the method is defined on ``task`` (a Task class or instance); default: every task.
+
+        Suites that sweep methods over tasks (``medbench baselines``) skip the pairs it refuses.
+        """
+        return True
+
     def check_samples(self, samples: list[Any]) -> None:
         """Refuse a run whose samples lack what the method needs (e.g. an RoI); default: accept."""
 
@@ -287,6 +297,11 @@ class TuningMethod(Method):
     #: Arguments that change how training runs, never what it produces: kept out of fingerprints
     #: and run-directory names.
     OPERATIONAL: ClassVar[frozenset[str]] = frozenset({"checkpoint_every"})
+    #: The paper-table model block of its runs: ``"<Backbone> + <block_label>"``; ``None``: its label.
+    block_label: ClassVar[str | None] = None
+    #: Set when the tuning names its own rows (``"A3TUNE"``, ``"A3TUNE → VCD"``; its base row is the
+    #: default decoding, which a greedy run fills); ``None``: rows are named by the decoding.
+    row_label: ClassVar[str | None] = None
 
     @abstractmethod
     def fingerprint(self, backbone: Any, task: Any, seed: int) -> str:

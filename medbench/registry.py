@@ -88,6 +88,10 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return sorted(self._entries)
 
+    def in_order(self) -> list[str]:
+        """Names in registration order (built-ins as listed below, then plugins)."""
+        return list(self._entries)
+
     def __contains__(self, name: object) -> bool:
         return name in self._entries
 
@@ -164,7 +168,12 @@ def _task_info(cls: type) -> dict[str, Any]:
 
 
 def _method_info(cls: type) -> dict[str, Any]:
-    return {"kind": cls.kind}
+    info = {"kind": cls.kind, "label": getattr(cls, "label", None) or cls.name}
+    if cls.kind == "tuning":
+        info["block_label"] = getattr(cls, "block_label", None) or info["label"]
+        if getattr(cls, "row_label", None):
+            info["row_label"] = cls.row_label
+    return info
 
 
 def _backbone_info(cls: type) -> dict[str, Any]:
@@ -188,19 +197,25 @@ TASKS.add("iu-xray-report", "medbench.tasks.iu_xray:IUXrayReport", kind="report"
 TASKS.add("mimic-cxr-report", "medbench.tasks.mimic_cxr:MIMICCXRReport", kind="report", embedded=False)
 
 # ---- methods -----------------------------------------------------------------------------------
-METHODS.add("greedy", "medbench.methods.greedy:Greedy", kind="decoding")
-METHODS.add("beam", "medbench.methods.beam:Beam", kind="decoding")
-METHODS.add("nucleus", "medbench.methods.nucleus:Nucleus", kind="decoding")
-METHODS.add("vcd", "medbench.methods.vcd:VCD", kind="decoding")
-METHODS.add("dola", "medbench.methods.dola:DoLa", kind="decoding")
-METHODS.add("opera", "medbench.methods.opera:OPERA", kind="decoding")
-METHODS.add("avisc", "medbench.methods.avisc:AVISC", kind="decoding")
-METHODS.add("m3id", "medbench.methods.m3id:M3ID", kind="decoding")
-METHODS.add("damro", "medbench.methods.damro:DAMRO", kind="decoding")
-METHODS.add("pai", "medbench.methods.pai:PAI", kind="decoding")
-METHODS.add("controlmllm", "medbench.methods.controlmllm:ControlMLLM", kind="decoding")
-METHODS.add("lora", "medbench.methods.lora:LoRA", kind="tuning")
-METHODS.add("a3tune", "medbench.methods.a3tune:A3Tune", kind="tuning")
+# kind/label (and a tuning's block_label/row_label) repeat the classes' attributes so that listing
+# and tables import no method module; tests/test_registry_cli.py checks that they agree.
+# Decoding methods are listed in the paper's row order (tables sort rows by it).
+# fmt: off
+METHODS.add("greedy", "medbench.methods.greedy:Greedy", kind="decoding", label="Greedy")
+METHODS.add("beam", "medbench.methods.beam:Beam", kind="decoding", label="Beam")
+METHODS.add("nucleus", "medbench.methods.nucleus:Nucleus", kind="decoding", label="Nucleus")
+METHODS.add("vcd", "medbench.methods.vcd:VCD", kind="decoding", label="VCD")
+METHODS.add("dola", "medbench.methods.dola:DoLa", kind="decoding", label="DoLa")
+METHODS.add("opera", "medbench.methods.opera:OPERA", kind="decoding", label="OPERA")
+METHODS.add("avisc", "medbench.methods.avisc:AVISC", kind="decoding", label="AVISC")
+METHODS.add("m3id", "medbench.methods.m3id:M3ID", kind="decoding", label="M3ID")
+METHODS.add("damro", "medbench.methods.damro:DAMRO", kind="decoding", label="DAMRO")
+METHODS.add("pai", "medbench.methods.pai:PAI", kind="decoding", label="PAI")
+METHODS.add("controlmllm", "medbench.methods.controlmllm:ControlMLLM", kind="decoding", label="ControlMLLM")
+METHODS.add("lora", "medbench.methods.lora:LoRA", kind="tuning", label="LoRA", block_label="LoRA")
+METHODS.add("a3tune", "medbench.methods.a3tune:A3Tune", kind="tuning", label="A3TUNE", block_label="LoRA",
+            row_label="A3TUNE")
+# fmt: on
 
 # ---- backbones ---------------------------------------------------------------------------------
 BACKBONES.add("tiny-med-llava", "medbench.backbones.tiny:TinyMedLlava", kind="embedded", embedded=True)

@@ -3,7 +3,8 @@
 The **suite** is every decoding method on the base model and on LoRA, plus A³TUNE (greedy), on
 ``phantom-vqa`` (the first 48 test questions by id) and ``phantom-report`` (the first 16 test
 reports), with CI-sized adapters (each tuning trained on the first 192 training samples for one
-epoch). ControlMLLM needs ground-truth RoIs, so it has no ``phantom-report`` entry.
+epoch). A method is paired only with the tasks its ``supports`` accepts: ControlMLLM steers toward
+the region a question refers to, so it has no ``phantom-report`` entry.
 
 ``medbench baselines generate`` runs the suite and writes one ``results.json`` per entry under
 ``results/baselines/<task>/<tuning>+<decoding>/`` (the run's own results file, so ``medbench
@@ -78,16 +79,21 @@ class Suite:
     decodings: tuple[str, ...] | None = None  # None: every registered decoding method
 
     def entries(self) -> list[Entry]:
-        """Every decoding on ``none`` and ``lora``; A³TUNE with greedy (its paper setting)."""
-        from medbench.registry import METHODS
+        """Every built-in decoding on ``none`` and ``lora``; A³TUNE with greedy (its paper setting).
 
-        decoders = self.decodings or tuple(
-            sorted(n for n in METHODS.names() if METHODS.entry(n).info["kind"] == "decoding"))
+        A decoding method is paired only with the tasks it ``supports`` (ControlMLLM: VQA only);
+        plugin methods are not part of medbench's baselines.
+        """
+        from medbench.registry import METHODS, TASKS
+
+        decoders = self.decodings or tuple(sorted(
+            n for n in METHODS.names() if METHODS.entry(n).info["kind"] == "decoding" and METHODS.entry(n).plugin is None))
         out = []
         for task in self.limits:
+            task_cls = TASKS.get(task)
             for tuning in self.tunings:
                 for d in (("greedy",) if tuning == "a3tune" else decoders):
-                    if not (d == "controlmllm" and task == "phantom-report"):
+                    if METHODS.get(d).supports(task_cls):
                         out.append(Entry(task, tuning, d))
         return out
 

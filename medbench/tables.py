@@ -19,11 +19,13 @@ Layouts (the ``table`` argument of :func:`render`):
   columns are method compositions. Values ×100, 2 decimals.
 
 Row labels follow the paper: a result's ``tuning`` picks the block (``none`` → ``<Backbone>``,
-``lora`` and ``a3tune`` → ``<Backbone> + LoRA``) and its ``decoding`` the row (``Greedy``,
-``VCD`` …). The paper's base rows (``LLaVA-Med``, ``LLaVA-Med + LoRA``, ``A3TUNE``) use the
-evaluation script's unstated default decoding and are distinct from its ``Greedy`` rows: a result
-with decoding ``default`` (or none) fills them, a medbench ``a3tune`` result decoded greedily
-fills the ``A3TUNE`` row, and a greedy result fills a base row where the paper table has a base
+otherwise ``<Backbone> + <block_label>`` of the tuning method: ``LoRA`` for ``lora`` and
+``a3tune``) and its ``decoding`` the row (the method's ``label``: ``Greedy``, ``VCD`` …); a tuning
+with a ``row_label`` (``a3tune``) names its own rows (``A3TUNE``, ``A3TUNE → VCD``). Labels and
+row order come from the method registry, so a plugin method gets its own. The paper's base rows
+(``LLaVA-Med``, ``LLaVA-Med + LoRA``, ``A3TUNE``) use the evaluation script's unstated default
+decoding and are distinct from its ``Greedy`` rows: a result with decoding ``default`` (or none)
+fills them, a medbench ``a3tune`` result decoded greedily fills the ``A3TUNE`` row, and a greedy result fills a base row where the paper table has a base
 row but no ``Greedy`` row (Table 2); where the paper has that row, the label is marked ``†``.
 Results of one composition whose method arguments differ on the same task get one row per
 setting (``VCD [decoding.alpha=0.5]``). Missing cells are ``–``; cells from a run with a ``limit``
@@ -51,7 +53,9 @@ from typing import Any
 
 from tabulate import tabulate
 
+from medbench import metric_registry as MR
 from medbench.paths import ASSETS
+from medbench.registry import METHODS, PluginError
 
 MISSING = "–"
 LIMITED_MARK = "*"
@@ -68,34 +72,12 @@ _BACKBONE_ALIASES = {
     "llava-med-v1.5": ("llava-med-v1.5", "llava-med-1.5", "llava-med-v1.5-mistral-7b", "llava-med-v1.5-mistral-7b-hf"),
     "huatuogpt-vision-7b": ("huatuogpt-vision-7b", "huatuogpt-vision", "huatuogpt-v", "huatuogpt-vision-7b-hf"),
 }
-DECODING_LABELS = {
-    "greedy": "Greedy", "beam": "Beam", "nucleus": "Nucleus", "vcd": "VCD", "dola": "DoLa", "opera": "OPERA",
-    "avisc": "AVISC", "m3id": "M3ID", "damro": "DAMRO", "pai": "PAI", "controlmllm": "ControlMLLM",
-}
 TASK_LABELS = {
     "slake": "SLAKE", "vqa-rad": "VQA-RAD", "pathvqa": "PathVQA", "iu-xray-vqa": "IU-Xray",
     "omnimedvqa": "OmniVQA", "iu-xray-report": "IU-Xray", "mimic-cxr-report": "MIMIC-CXR",
 }
-METRIC_LABELS = {
-    "open_recall": "Open", "closed_accuracy": "Closed", "coverage": "Coverage", "intensity": "Intensity",
-    "roi_mass": "RoI mass", "roi_lift": "RoI lift", "attention_peak": "Peak",
-    "bleu1": "BLEU-1", "bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4": "BLEU-4", "rouge_l": "ROUGE-L",
-    "meteor": "METEOR", "cider": "CIDEr", "bertscore": "BERTScore", "chexbert": "CheXbert",
-    "radgraph": "RadGraph", "ratescore": "RaTEScore",
-}
-KIND_METRICS = {
-    "vqa": ("open_recall", "closed_accuracy"),
-    "attention": ("coverage", "intensity", "roi_mass", "roi_lift", "attention_peak"),
-    "report": ("bleu1", "bleu2", "bleu3", "bleu4", "rouge_l", "meteor", "cider", "bertscore", "chexbert",
-               "radgraph", "ratescore"),
-}
-# Attention metrics that are ratios (1.0 = uniform attention), not fractions.
-RATIO_METRICS = ("roi_lift", "attention_peak")
-# Alternative spellings a results.json may use (also matched with an ``@protocol`` suffix).
-METRIC_ALIASES = {
-    "closed_accuracy": ("closed_acc", "mc_accuracy", "mc"), "bertscore": ("bertscore_f1",),
-    "chexbert": ("chexbert_semb",), "radgraph": ("radgraph_f1_partial", "radgraph_f1"), "rouge_l": ("rougeL", "rouge"),
-}
+# Metric labels, units, layouts and aliases are declared once, in medbench.metric_registry.
+KIND_METRICS = {kind: MR.layout_metrics(kind) for kind in MR.LAYOUTS}  # the built-ins at import
 KIND_TITLES = {
     "vqa": "Medical VQA (paper Table 1 layout): open recall / closed accuracy, ×100",
     "attention": "Visual attention distribution (paper Table 2 layout): coverage / intensity / RoI mass, "
@@ -117,10 +99,32 @@ _LATEX_UNICODE = {"–": "--", "Δ": r"$\Delta$", "†": r"$^\dagger$", "³": r"
 # fmt: on
 _ALIAS_TO_BACKBONE = {a: c for c, aliases in _BACKBONE_ALIASES.items() for a in aliases}
 _BACKBONE_ORDER = list(BACKBONE_DISPLAY)
-DECODING_ORDER = tuple(DECODING_LABELS)  # the paper's row order, then ControlMLLM
-TUNING_ORDER = ("none", "lora", "a3tune")
 TASK_ORDER = tuple(TASK_LABELS)
-A3TUNE_LABEL = "A3TUNE"
+
+
+def method_info(name: str) -> dict[str, Any]:
+    """A method's registry metadata (label, kind, a tuning's block/row labels); ``{}`` if unknown."""
+    if name not in METHODS:
+        return {}
+    try:
+        return METHODS.entry(name).info
+    except PluginError:
+        return {}
+
+
+def method_order(kind: str) -> list[str]:
+    """Registered methods of ``kind`` in registration order (decoding: the paper's row order)."""
+    return [n for n in METHODS.in_order() if method_info(n).get("kind") == kind]
+
+
+def tuning_block_label(tuning: str) -> str:
+    """The model-block suffix of a tuning's rows (``LoRA``); an unregistered tuning shows its name."""
+    return method_info(tuning).get("block_label") or tuning
+
+
+def tuning_row_label(tuning: str) -> str | None:
+    """The label of a tuning that names its own rows (``A3TUNE``), else ``None``."""
+    return method_info(tuning).get("row_label")
 
 
 def canonical_backbone(model: Any) -> str:
@@ -145,11 +149,11 @@ def normalize_decoding(decoding: Any) -> str | None:
 
 
 def metric_unit(metric: str) -> str:
-    """How a stored metric is printed: ``percent`` (×100), ``fraction`` or ``ratio`` (both as stored)."""
-    base = metric.split("@", 1)[0]
-    if base in RATIO_METRICS:
-        return "ratio"
-    return "fraction" if base in KIND_METRICS["attention"] else "percent"
+    """How a stored metric is printed: ``percent`` (×100), ``fraction`` or ``ratio`` (both as stored).
+
+    From :mod:`medbench.metric_registry` (``value`` for a metric it does not know).
+    """
+    return MR.unit(metric)
 
 
 # ---- paper data --------------------------------------------------------------------------------
@@ -223,7 +227,7 @@ def collect_results(results_dir: str | Path) -> list[dict]:
 def _lookup(mapping: Any, metric: str) -> Any:
     if not isinstance(mapping, dict):
         return None
-    for name in (metric, *METRIC_ALIASES.get(metric, ())):
+    for name in (metric, *MR.aliases().get(metric, ())):
         if name in mapping:
             return mapping[name]
         for key, value in mapping.items():
@@ -265,8 +269,8 @@ def preference(result: dict) -> tuple:
 
 
 def display_scale(metric: str) -> tuple[float, int]:
-    """(multiplier, decimals) that turn a stored value into the printed number."""
-    return (100.0, 2) if metric_unit(metric) == "percent" else (1.0, 3)
+    """(multiplier, decimals) that turn a stored value into the printed number (the metric registry's)."""
+    return MR.display_scale(metric)
 
 
 # ---- grid model --------------------------------------------------------------------------------
@@ -301,12 +305,13 @@ class Row:
     @property
     def model_label(self) -> str:
         base = backbone_label(self.backbone)
-        return base if self.tuning == "none" else f"{base} + LoRA"
+        return base if self.tuning == "none" else f"{base} + {tuning_block_label(self.tuning)}"
 
     @property
     def method_label(self) -> str:
-        if self.tuning == "a3tune":
-            label = A3TUNE_LABEL if self.decoding is None else f"{A3TUNE_LABEL} → {self._dec_label()}"
+        own = tuning_row_label(self.tuning)
+        if own is not None:
+            label = own if self.decoding is None else f"{own} → {self._dec_label()}"
         elif self.decoding is None:
             label = self.model_label
         else:
@@ -314,15 +319,17 @@ class Row:
         return f"{label} [{self.args}]" if self.args else label
 
     def _dec_label(self) -> str:
-        return DECODING_LABELS.get(self.decoding or "", self.decoding or "")
+        return method_info(self.decoding or "").get("label") or self.decoding or ""
 
     def sort_key(self) -> tuple:
         bb = (
             _BACKBONE_ORDER.index(self.backbone) if self.backbone in _BACKBONE_ORDER else len(_BACKBONE_ORDER)
         )
-        tu = TUNING_ORDER.index(self.tuning) if self.tuning in TUNING_ORDER else len(TUNING_ORDER)
+        tunings = ["none", *method_order("tuning")]
+        decodings = method_order("decoding")
+        tu = tunings.index(self.tuning) if self.tuning in tunings else len(tunings)
         d = self.decoding
-        de = -1 if d is None else DECODING_ORDER.index(d) if d in DECODING_ORDER else len(DECODING_ORDER)
+        de = -1 if d is None else decodings.index(d) if d in decodings else len(decodings)
         return (bb, self.backbone, tu, self.tuning, de, d or "", self.args)
 
 
@@ -331,7 +338,7 @@ def _place(backbone: str, tuning: str, decoding: str | None, paper_rows: set) ->
     if (
         decoding == "greedy"
         and (backbone, tuning, "greedy") not in paper_rows
-        and (tuning == "a3tune" or (backbone, tuning, None) in paper_rows)
+        and (tuning_row_label(tuning) is not None or (backbone, tuning, None) in paper_rows)
     ):
         return None, True
     return decoding, False
@@ -340,7 +347,7 @@ def _place(backbone: str, tuning: str, decoding: str | None, paper_rows: set) ->
 def build_rows(
     kind: str, results: list[dict], compare_paper: bool, paper: dict[int, dict] | None
 ) -> list[Row]:
-    metrics = KIND_METRICS[kind]
+    metrics = MR.layout_metrics(kind)  # read now: a metric registered after import is a column too
     pindex = paper_index(paper, kind) if paper else {}
     paper_rows = {k[:3] for k in pindex}
     groups: dict[tuple, list[tuple[dict, bool]]] = {}
@@ -414,7 +421,7 @@ def _columns(kind: str, rows: list[Row]) -> list[tuple[str, str]]:
     present = {tm for r in rows for tm, c in r.cells.items() if c.value is not None}
     if not present:
         return list(_KIND_DEFAULT_COLUMNS[kind])
-    metrics = KIND_METRICS[kind]
+    metrics = MR.layout_metrics(kind)
 
     def key(tm: tuple[str, str]) -> tuple:
         t, m = tm
@@ -438,7 +445,7 @@ def fmt_delta(value: float | None, decimals: int) -> str:
 
 
 def column_label(task: str, metric: str) -> tuple[str, str]:
-    return TASK_LABELS.get(task, task), METRIC_LABELS.get(metric, metric)
+    return TASK_LABELS.get(task, task), MR.label(metric)
 
 
 @dataclass

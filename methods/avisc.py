@@ -86,6 +86,7 @@ def blind_tokens(attn: torch.Tensor, layer_gamma: float, rule: str, top_blind: i
 
 class AVISC(BaselineDecoding):
     name = "avisc"
+    label = "AVISC"
     Params = AVISCParams
     cutoff = "beta"
 

@@ -19,6 +19,7 @@ class BeamParams:
 
 class Beam(DecodingMethod):
     name = "beam"
+    label = "Beam"
     Params = BeamParams
 
     def generate(self, backbone, batch, seeds, max_new_tokens) -> Generation:

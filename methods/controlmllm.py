@@ -95,6 +95,7 @@ def energy(relevance: torch.Tensor, roi: torch.Tensor, alpha: float) -> torch.Te
 
 class ControlMLLM(BaselineDecoding):
     name = "controlmllm"
+    label = "ControlMLLM"
     Params = ControlMLLMParams
 
     def step_size(self, backbone: Backbone) -> float:
@@ -111,6 +112,11 @@ class ControlMLLM(BaselineDecoding):
         if args["lr"] is None and getattr(self, "_lr", None) is not None:
             args["lr"] = self._lr
         return args
+
+    @classmethod
+    def supports(cls, task: Any) -> bool:
+        """VQA only: the steering region is the one a question refers to; a report has no question."""
+        return task.kind == "vqa"
 
     def check_samples(self, samples: list[Any]) -> None:
         missing = [s.id for s in samples if getattr(s, "roi", None) is None]

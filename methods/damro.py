@@ -107,6 +107,7 @@ def outlier_tokens(model: Any, pixel_values: torch.Tensor, k: int, last_layer: b
 
 class DAMRO(BaselineDecoding):
     name = "damro"
+    label = "DAMRO"
     Params = DAMROParams
     cutoff = "beta"
 

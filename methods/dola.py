@@ -122,6 +122,7 @@ def dola_scores(mature: torch.Tensor, premature: torch.Tensor, relative_top: flo
 
 class DoLa(BaselineDecoding):
     name = "dola"
+    label = "DoLa"
     Params = DoLaParams
     cutoff = "relative_top"
 

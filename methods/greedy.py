@@ -9,6 +9,7 @@ from medbench.engine import StepwiseDecoding
 
 class Greedy(StepwiseDecoding):
     name = "greedy"
+    label = "Greedy"
 
     def select(self, scores: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
         return scores.argmax(dim=-1)

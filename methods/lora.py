@@ -92,6 +92,8 @@ class LoRAParams:
 
 class LoRA(TuningMethod):
     name = "lora"
+    label = "LoRA"
+    block_label = "LoRA"
     Params = LoRAParams
 
     def epochs_for(self, task: Any) -> float:

@@ -52,6 +52,7 @@ def m3id_weight(lam: float, t: int) -> float:
 
 class M3ID(BaselineDecoding):
     name = "m3id"
+    label = "M3ID"
     Params = M3IDParams
     cutoff = "beta"
 

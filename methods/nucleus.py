@@ -43,6 +43,7 @@ def sample_rows(scores: torch.Tensor, generators: list[torch.Generator]) -> torc
 
 class Nucleus(StepwiseDecoding):
     name = "nucleus"
+    label = "Nucleus"
     Params = NucleusParams
     samples = True
 

@@ -152,6 +152,7 @@ class Step:
 
 class OPERA(DecodingMethod):
     name = "opera"
+    label = "OPERA"
     Params = OPERAParams
 
     def prepare(self, backbone: Backbone, samples: list[Any], images: list[Any]) -> None:

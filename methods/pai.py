@@ -62,6 +62,7 @@ class PAIParams(DecodingParams):
 
 class PAI(BaselineDecoding):
     name = "pai"
+    label = "PAI"
     Params = PAIParams
     cutoff = "beta"
 

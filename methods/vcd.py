@@ -59,6 +59,7 @@ class VCDParams(DecodingParams):
 
 class VCD(BaselineDecoding):
     name = "vcd"
+    label = "VCD"
     Params = VCDParams
     cutoff = "beta"
 

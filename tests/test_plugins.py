@@ -38,6 +38,7 @@ class NoRepeatParams:
 
 class NoRepeatGreedy(StepwiseDecoding):
     name = "norepeat-greedy"
+    label = "NoRepeat"
     Params = NoRepeatParams
 
     def process(self, scores, history, step):
@@ -153,7 +154,7 @@ def test_load_plugins_registers_with_the_class_kind(plugin_path, monkeypatch, cl
     assert R.METHODS.entry("greedy").plugin is None
     assert R.METHODS.get("greedy").__module__ == "medbench.methods.greedy"
     entry = R.METHODS.entry("norepeat-greedy")
-    assert entry.info == {"kind": "decoding", "plugin": "mb-demo-plugin"}
+    assert entry.info == {"kind": "decoding", "label": "NoRepeat", "plugin": "mb-demo-plugin"}
     assert R.TASKS.entry("squares-vqa").info == {"kind": "vqa", "embedded": True, "plugin": "mb-demo-plugin"}
     with pytest.raises(R.PluginError, match="broken-method.*mb-demo-plugin.*is not a Method"):
         R.METHODS.get("broken-method")
@@ -178,7 +179,8 @@ def test_list_shows_plugins(plugin_path, tmp_path):
     out = _medbench(["list", "methods", "--json"], plugin_path, tmp_path)
     assert out.returncode == 0, out.stderr
     rows = {r["name"]: r for r in json.loads(out.stdout)}
-    assert rows["norepeat-greedy"] == {"name": "norepeat-greedy", "kind": "decoding", "plugin": "mb-demo-plugin"}
+    assert rows["norepeat-greedy"] == {"name": "norepeat-greedy", "kind": "decoding", "label": "NoRepeat",
+                                       "plugin": "mb-demo-plugin"}
     assert "plugin" not in rows["greedy"]
     assert "broken-method" not in rows and "broken-method" in out.stderr
 
@@ -212,3 +214,4 @@ def test_plugin_method_and_task_run_end_to_end(plugin_path, tmp_path):
     assert table.returncode == 0, table.stderr
     (row,) = json.loads(table.stdout)["rows"]
     assert row["decoding"] == "norepeat-greedy" and "squares-vqa/closed_accuracy" in row["cells"]
+    assert row["method"].startswith("NoRepeat")  # the label the plugin class declares

@@ -43,6 +43,9 @@ class A3Tune(TuningMethod):
     """``medbench run --method a3tune --task T``; options in :class:`A3TuneParams`."""
 
     name = "a3tune"
+    label = "A3TUNE"
+    block_label = "LoRA"  # its adapters are LoRA: the paper prints A3TUNE rows in the LoRA block
+    row_label = "A3TUNE"
     Params = A3TuneParams
     ALIASES = ALIASES
 
