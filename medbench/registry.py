@@ -88,6 +88,10 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return sorted(self._entries)
 
+    def builtin_names(self) -> list[str]:
+        """Names medbench itself registers (no plugins), sorted; imports nothing."""
+        return sorted(n for n, e in self._entries.items() if e.plugin is None)
+
     def in_order(self) -> list[str]:
         """Names in registration order (built-ins as listed below, then plugins)."""
         return list(self._entries)

@@ -86,8 +86,8 @@ class Suite:
         """
         from medbench.registry import METHODS, TASKS
 
-        decoders = self.decodings or tuple(sorted(
-            n for n in METHODS.names() if METHODS.entry(n).info["kind"] == "decoding" and METHODS.entry(n).plugin is None))
+        decoders = self.decodings or tuple(
+            n for n in METHODS.builtin_names() if METHODS.entry(n).info["kind"] == "decoding")
         out = []
         for task in self.limits:
             task_cls = TASKS.get(task)

@@ -159,6 +159,9 @@ def test_load_plugins_registers_with_the_class_kind(plugin_path, monkeypatch, cl
     with pytest.raises(R.PluginError, match="broken-method.*mb-demo-plugin.*is not a Method"):
         R.METHODS.get("broken-method")
     assert R.load_plugins() == []  # a second call registers nothing twice
+    from medbench.regression import Suite
+
+    assert not {e.decoding for e in Suite().entries()} & {"norepeat-greedy", "broken-method"}  # not in baselines
 
 
 def test_runner_routes_a_plugin_method_by_its_class_kind(plugin_path, monkeypatch, clean_registries):
