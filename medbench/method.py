@@ -302,6 +302,9 @@ class TuningMethod(Method):
     #: Set when the tuning names its own rows (``"A3TUNE"``, ``"A3TUNE → VCD"``; its base row is the
     #: default decoding, which a greedy run fills); ``None``: rows are named by the decoding.
     row_label: ClassVar[str | None] = None
+    #: The decodings the CI baseline suite (``medbench baselines``) pairs with this tuning;
+    #: ``None``: every built-in decoding method.
+    baseline_decodings: ClassVar[tuple[str, ...] | None] = None
 
     @abstractmethod
     def fingerprint(self, backbone: Any, task: Any, seed: int) -> str:

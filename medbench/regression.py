@@ -81,8 +81,9 @@ class Suite:
     def entries(self) -> list[Entry]:
         """Every built-in decoding on ``none`` and ``lora``; A³TUNE with greedy (its paper setting).
 
-        A decoding method is paired only with the tasks it ``supports`` (ControlMLLM: VQA only);
-        plugin methods are not part of medbench's baselines.
+        A tuning method pairs with its ``baseline_decodings`` (A³TUNE: greedy) or every decoding;
+        a decoding method only with the tasks it ``supports`` (ControlMLLM: VQA only). Plugin
+        methods are not part of medbench's baselines.
         """
         from medbench.registry import METHODS, TASKS
 
@@ -92,7 +93,8 @@ class Suite:
         for task in self.limits:
             task_cls = TASKS.get(task)
             for tuning in self.tunings:
-                for d in (("greedy",) if tuning == "a3tune" else decoders):
+                paired = METHODS.get(tuning).baseline_decodings if tuning != "none" else None
+                for d in paired or decoders:
                     if METHODS.get(d).supports(task_cls):
                         out.append(Entry(task, tuning, d))
         return out

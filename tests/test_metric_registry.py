@@ -102,3 +102,16 @@ def test_baseline_suite_pairs_follow_supports(monkeypatch):
     monkeypatch.setattr(METHODS.get("vcd"), "supports", classmethod(lambda cls, task: task.kind == "report"))
     keys = {e.key for e in Suite().entries()}
     assert "phantom-report/lora+vcd" in keys and "phantom-vqa/lora+vcd" not in keys
+
+
+def test_baseline_suite_tunings_pair_with_their_declared_decodings(monkeypatch):
+    from medbench.regression import Suite
+
+    def decodings(tuning: str) -> set[str]:
+        return {e.decoding for e in Suite().entries() if e.task == "phantom-vqa" and e.tuning == tuning}
+
+    assert decodings("a3tune") == {"greedy"}
+    assert decodings("lora") == decodings("none") and len(decodings("lora")) == 11
+    monkeypatch.setattr(METHODS.get("a3tune"), "baseline_decodings", ("greedy", "vcd"))
+    monkeypatch.setattr(METHODS.get("lora"), "baseline_decodings", ("beam",))
+    assert (decodings("a3tune"), decodings("lora")) == ({"greedy", "vcd"}, {"beam"})

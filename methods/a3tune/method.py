@@ -46,6 +46,7 @@ class A3Tune(TuningMethod):
     label = "A3TUNE"
     block_label = "LoRA"  # its adapters are LoRA: the paper prints A3TUNE rows in the LoRA block
     row_label = "A3TUNE"
+    baseline_decodings = ("greedy",)  # its paper setting
     Params = A3TuneParams
     ALIASES = ALIASES
 
