@@ -232,17 +232,25 @@ BACKBONES.add("huatuogpt-vision-7b", "medbench.backbones.llava:HuatuoGPTVision",
 PLUGIN_GROUPS = {"medbench.tasks": TASKS, "medbench.methods": METHODS, "medbench.models": BACKBONES}
 
 
-def load_plugins() -> list[str]:
+_SCANNED: dict[str, tuple[str, ...]] = {}  # the sys.path the last scan saw
+
+
+def load_plugins(force: bool = False) -> list[str]:
     """Register third-party entries from the ``medbench.tasks``/``methods``/``models`` entry points.
 
     Called when the CLI starts; code that uses the registries without the CLI calls it itself.
     Nothing is imported here: a plugin's module loads when its name is first used, and its
     ``kind`` (``embedded``) comes from its class. A plugin may not replace a built-in or another
-    plugin's name (it is skipped with a warning). Calling this again registers nothing twice.
-    Returns the ``group:name`` of every entry added by this call.
+    plugin's name (it is skipped with a warning). Calling this again registers nothing twice, and
+    with an unchanged ``sys.path`` does not scan again unless ``force``. Returns the ``group:name``
+    of every entry added by this call.
     """
+    import sys
     from importlib.metadata import entry_points
 
+    if not force and _SCANNED.get("path") == tuple(sys.path):
+        return []
+    _SCANNED["path"] = tuple(sys.path)
     added = []
     for group, registry in PLUGIN_GROUPS.items():
         for ep in entry_points(group=group):

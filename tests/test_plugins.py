@@ -146,8 +146,10 @@ def _medbench(args: list[str], plugin_root: Path, tmp_path: Path) -> subprocess.
 
 
 def test_load_plugins_registers_with_the_class_kind(plugin_path, monkeypatch, clean_registries, caplog):
+    R.load_plugins()
+    assert "norepeat-greedy" not in R.METHODS  # not installed yet
     monkeypatch.syspath_prepend(str(plugin_path))
-    added = R.load_plugins()
+    added = R.load_plugins()  # sys.path changed: scanned again
     assert sorted(added) == ["medbench.methods:broken-method", "medbench.methods:norepeat-greedy",
                              "medbench.tasks:squares-vqa"]
     assert "is already registered" in caplog.text  # the plugin's "greedy" does not replace the built-in
@@ -158,7 +160,8 @@ def test_load_plugins_registers_with_the_class_kind(plugin_path, monkeypatch, cl
     assert R.TASKS.entry("squares-vqa").info == {"kind": "vqa", "embedded": True, "plugin": "mb-demo-plugin"}
     with pytest.raises(R.PluginError, match="broken-method.*mb-demo-plugin.*is not a Method"):
         R.METHODS.get("broken-method")
-    assert R.load_plugins() == []  # a second call registers nothing twice
+    assert R.load_plugins() == []  # same sys.path: no second scan
+    assert R.load_plugins(force=True) == []  # a second scan registers nothing twice
     from medbench.regression import Suite
 
     assert not {e.decoding for e in Suite().entries()} & {"norepeat-greedy", "broken-method"}  # not in baselines
