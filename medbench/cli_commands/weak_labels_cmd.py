@@ -12,6 +12,8 @@ EPILOG = """examples:
   medbench weak-labels train-scorer
   medbench weak-labels build --task phantom-vqa --split train
   medbench weak-labels eval --task phantom-vqa --split test --method-args scorer=random
+  medbench weak-labels prepare-biomedclip ~/downloads/BiomedCLIP ~/models/biomedclip
+  medbench weak-labels check --sam ~/models/sam_vit_h_4b8939.pth --biomedclip ~/models/biomedclip
   medbench weak-labels build --task slake --method-args sam_checkpoint=~/models/sam_vit_h_4b8939.pth \\
       biomedclip_dir=~/models/biomedclip
 """
@@ -35,6 +37,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         a.add_argument("--method-args", nargs="*", action="extend", metavar="K=V",
                        help="a3tune options: segmenter, scorer, top_k, query, grid_rule, sam_checkpoint, …")
         a.set_defaults(func=main)
+    prep = actions.add_parser(
+        "prepare-biomedclip", formatter_class=formatter(),
+        help="turn a downloaded BiomedCLIP folder into one open_clip loads offline (local-dir:)",
+        description="SRC: the BiomedCLIP download (open_clip_config.json, open_clip_pytorch_model.bin, "
+        "tokenizer_config.json, vocab.txt/tokenizer.json, and BiomedBERT's config.json unless --text-config). "
+        "DST: a new folder for biomedclip_dir= (its config names DST/text by absolute path; rerun after moving it).")
+    prep.add_argument("src", help="downloaded BiomedCLIP folder")
+    prep.add_argument("dst", help="folder to create")
+    prep.add_argument("--text-config", help="BiomedBERT's config.json (file or folder) when it is not SRC/config.json")
+    prep.add_argument("--force", action="store_true", help="replace a non-empty DST")
+    prep.set_defaults(func=main)
+    chk = actions.add_parser("check", formatter_class=formatter(),
+                             help="load the real weak-label weights once (SAM checkpoint, BiomedCLIP folder)")
+    chk.add_argument("--sam", help="SAM checkpoint (.pth, official format)")
+    chk.add_argument("--sam-arch", default="auto", choices=("auto", "vit_h", "vit_l", "vit_b"))
+    chk.add_argument("--biomedclip", help="prepared BiomedCLIP folder")
+    chk.set_defaults(func=main)
     t = actions.add_parser("train-scorer", help="train the embedded clip_small scorer on phantom data",
                            formatter_class=formatter())
     t.add_argument("--images", type=int, default=None, help="phantom pretrain images to train on (default 300)")
@@ -47,6 +66,55 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace) -> int:
     if args.action == "train-scorer":
         return _train_scorer(args)
+    try:
+        if args.action == "prepare-biomedclip":
+            return _prepare(args)
+        if args.action == "check":
+            return _check(args)
+        return _labels(args)
+    except ImportError as exc:  # the weak-labels extra is not installed
+        import sys
+
+        print(f"medbench: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from medbench.methods.a3tune.scorers import prepare_biomedclip
+
+    dst = prepare_biomedclip(Path(args.src), Path(args.dst), Path(args.text_config) if args.text_config else None,
+                             force=args.force)
+    print(f"BiomedCLIP ready for offline use: --method-args scorer=biomedclip biomedclip_dir={dst}")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    import time
+
+    if not args.sam and not args.biomedclip:
+        raise FileNotFoundError("weak-labels check: give --sam FILE and/or --biomedclip DIR")
+    if args.sam:
+        from medbench.methods.a3tune.segmenters import load_sam
+
+        start = time.perf_counter()
+        model, arch = load_sam(Path(args.sam).expanduser(), args.sam_arch)
+        n = sum(p.numel() for p in model.parameters())
+        print(f"SAM ok: {args.sam}: {arch}, {n / 1e6:.1f} M parameters, "
+              f"{model.image_encoder.img_size}-px input ({time.perf_counter() - start:.1f} s)")
+    if args.biomedclip:
+        from PIL import Image
+
+        from medbench.methods.a3tune.scorers import BiomedClipScorer
+
+        start = time.perf_counter()
+        scorer = BiomedClipScorer(args.biomedclip)
+        score = float(scorer.score([Image.new("RGB", (64, 64), (128, 128, 128))], "Medical image of lungs.")[0])
+        print(f"BiomedCLIP ok: {args.biomedclip}: weights {scorer.fingerprint()['weights']}, "
+              f"one crop scored {score:.2f} ({time.perf_counter() - start:.1f} s)")
+    return 0
+
+
+def _labels(args: argparse.Namespace) -> int:
     from medbench.method import parse_method_args
     from medbench.methods.a3tune import A3Tune
     from medbench.registry import TASKS
@@ -56,11 +124,11 @@ def main(args: argparse.Namespace) -> int:
     method = A3Tune(**parse_method_args(args.method_args))
     task = TASKS.get(args.task)(data_root=args.data_root)
     split = args.split or (task.train_split if args.action == "build" else task.eval_split)
+    progress = not getattr(args, "quiet", False)
+    labeler = method.labeler(task, progress=progress)  # weights checked before any data is read
     samples = sorted(task.load(split), key=lambda s: s.id)
     if args.limit is not None:
         samples = samples[: args.limit]
-    progress = not getattr(args, "quiet", False)
-    labeler = method.labeler(task, progress=progress)
     top_k = method.params.top_k or _preset_k(method, task)
     if args.action == "build":
         rows = labeler.score_samples(task.name, split, samples)

@@ -96,14 +96,15 @@ class A3Tune(TuningMethod):
 
             spec["scorer_dir"] = str(Path(p.scorer_dir).name if p.scorer_dir else default_scorer_dir().name)
         if segmenter == "sam":
-            spec.update(sam=Path(p.sam_checkpoint or "").name, sam_input=p.sam_input)
+            spec.update(sam=Path(p.sam_checkpoint or "").name, sam_input=p.sam_input, sam_arch=p.sam_arch)
         if scorer == "biomedclip":
             spec["biomedclip"] = Path(p.biomedclip_dir or "").name
         return spec
 
     def fingerprint(self, backbone: Any, task: Any, seed: int) -> str:
         res = self.resolved(backbone, task)
-        inference = {"merge_lora"} | self.OPERATIONAL
+        # sam_arch enters through the label spec (only when SAM segments), so other runs keep their fingerprints
+        inference = {"merge_lora", "sam_arch"} | self.OPERATIONAL
         return sha256_obj({
             "method": self.name, "params": {k: v for k, v in dataclasses.asdict(self.params).items() if k not in inference},
             "resolved": dataclasses.asdict(res), "labels": self.label_spec(task, res),
@@ -142,7 +143,8 @@ class A3Tune(TuningMethod):
         p = self.params
         device = str(backbone.device) if backbone is not None else "cpu"
         seg_name, scorer_name = auto_backends(task, p.segmenter, p.scorer)
-        segmenter = make_segmenter(seg_name, sam_checkpoint=p.sam_checkpoint, sam_input=p.sam_input, device=device)
+        segmenter = make_segmenter(seg_name, sam_checkpoint=p.sam_checkpoint, sam_arch=p.sam_arch,
+                                   sam_input=p.sam_input, device=device)
         scorer = make_scorer(scorer_name, scorer_dir=p.scorer_dir, biomedclip_dir=p.biomedclip_dir, device=device,
                              progress=progress)
         return WeakLabeler(segmenter, scorer, p.query, progress)

@@ -95,6 +95,7 @@ class A3TuneParams(LoRAParams):
     query: Literal["prompt", "ref"] = "prompt"
     grid_rule: Literal["area50_max", "area50", "nearest_ref", "any"] = "area50_max"
     sam_checkpoint: str | None = None
+    sam_arch: Literal["auto", "vit_h", "vit_l", "vit_b"] = "auto"
     sam_input: Literal["rgb", "ref256"] = "rgb"
     biomedclip_dir: str | None = None
     scorer_dir: str | None = None

@@ -1,7 +1,8 @@
 """Segment-vs-prompt scorers (Eq. 3): ``Scorer.score(crops, text) -> 100·cos`` per crop.
 
-- ``biomedclip``: BiomedCLIP through open_clip from a local folder (``biomedclip_dir=``; optional
-  dependency; offline via ``local-dir:``).
+- ``biomedclip``: BiomedCLIP through open_clip from a local folder (``biomedclip_dir=``; the
+  ``weak-labels`` extra; offline via ``local-dir:`` once :func:`prepare_biomedclip` /
+  ``medbench weak-labels prepare-biomedclip SRC DST`` has pointed the text tower at a local config).
 - ``clip_small``: :mod:`~medbench.methods.a3tune.tiny_clip`, trained by medbench on the phantom
   ``pretrain`` split (disjoint from the train/test splits it labels); trained on first use and
   cached, or ``medbench weak-labels train-scorer``.
@@ -20,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from medbench.images import open_image
-from medbench.methods.a3tune.segmenters import Felzenszwalb, keep_segment
+from medbench.methods.a3tune.segmenters import Felzenszwalb, WeightFileError, keep_segment
 from medbench.methods.a3tune.tiny_clip import CROP, VERSION, TinyClip, crop_segment, train_tiny_clip
 
 log = logging.getLogger("medbench")
@@ -85,33 +86,173 @@ class ClipSmallScorer:
         return self.model.score(crops, text)
 
 
+BIOMEDCLIP_HUB = "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
+BIOMEDBERT_HUB = "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract"
+#: open_clip's own look-up order for a local folder's CLIP weights.
+CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+TOKENIZER_FILES = ("tokenizer_config.json", "vocab.txt", "tokenizer.json", "special_tokens_map.json",
+                   "added_tokens.json")
+TEXT_DIR = "text"
+PREPARED = "medbench_prepared.json"
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    import json
+
+    if not path.is_file():
+        raise WeightFileError(f"{path} not found: expected {what}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise WeightFileError(f"{path} is not valid JSON ({exc}): expected {what}") from None
+    if not isinstance(data, dict):
+        raise WeightFileError(f"{path} holds a {type(data).__name__}, not an object: expected {what}")
+    return data
+
+
+def _text_cfg(config: dict[str, Any], path: Path) -> dict[str, Any]:
+    text = config.get("model_cfg", {}).get("text_cfg") if isinstance(config.get("model_cfg"), dict) else None
+    if not isinstance(text, dict) or not text.get("hf_model_name"):
+        raise WeightFileError(f"{path} has no model_cfg.text_cfg.hf_model_name: expected BiomedCLIP's open_clip "
+                              "config (a Hugging Face text tower)")
+    return text
+
+
+def _clip_weights(folder: Path) -> Path:
+    for name in CLIP_WEIGHTS:
+        if (folder / name).is_file():
+            return folder / name
+    raise WeightFileError(f"{folder} has no CLIP weights: expected {' or '.join(CLIP_WEIGHTS)} (BiomedCLIP ships "
+                          "open_clip_pytorch_model.bin)")
+
+
+def _check_tokenizer(folder: Path) -> None:
+    if not (folder / "tokenizer_config.json").is_file() or not any(
+            (folder / n).is_file() for n in ("vocab.txt", "tokenizer.json")):
+        raise WeightFileError(f"{folder} is missing its tokenizer: expected tokenizer_config.json and vocab.txt or "
+                              f"tokenizer.json (BiomedBERT's, from {BIOMEDCLIP_HUB})")
+
+
+def check_biomedclip_dir(folder: Path) -> dict[str, Any]:
+    """Validate a prepared BiomedCLIP folder without loading it; returns its open_clip config."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise WeightFileError(f"scorer biomedclip needs a local open_clip folder: biomedclip_dir=<dir> (got {folder}); "
+                              "prepare one with `medbench weak-labels prepare-biomedclip SRC DST`")
+    config_path = folder / "open_clip_config.json"
+    config = _read_json(config_path, "BiomedCLIP's open_clip_config.json")
+    text = _text_cfg(config, config_path)
+    _clip_weights(folder)
+    _check_tokenizer(folder)
+    for key in ("hf_model_name", "hf_tokenizer_name"):
+        name = text.get(key)
+        if name and not (Path(name) / "config.json").is_file():
+            raise WeightFileError(f"{config_path}: text_cfg.{key} is {name!r}, not a local folder with config.json, "
+                                  "so open_clip would need the network; run `medbench weak-labels prepare-biomedclip "
+                                  f"{folder} DST` and use DST")
+    return config
+
+
+def prepare_biomedclip(src: Path, dst: Path, text_config: Path | None = None, force: bool = False) -> Path:
+    """Turn a downloaded BiomedCLIP folder into one open_clip's ``local-dir:`` loads offline.
+
+    ``src`` holds ``open_clip_config.json``, ``open_clip_pytorch_model.bin`` and the tokenizer files;
+    ``text_config`` (a file or a folder with ``config.json``; default ``src/config.json``) is
+    BiomedBERT's model config. ``dst`` gets the weights (hard link when possible), the tokenizer
+    files, ``text/config.json`` and an ``open_clip_config.json`` whose text tower names
+    ``dst/text`` (absolute; run again after moving ``dst``). Built in a temporary folder, renamed
+    into place, then loaded once; nothing is left behind on failure.
+    """
+    import json
+    import os
+    import shutil
+    import tempfile
+
+    src, dst = Path(src).expanduser().resolve(), Path(dst).expanduser().resolve()
+    if not src.is_dir():
+        raise WeightFileError(f"{src} is not a folder: expected the BiomedCLIP download ({BIOMEDCLIP_HUB})")
+    config_path = src / "open_clip_config.json"
+    config = _read_json(config_path, "BiomedCLIP's open_clip_config.json")
+    text = _text_cfg(config, config_path)
+    weights = _clip_weights(src)
+    _check_tokenizer(src)
+    text_config = Path(text_config).expanduser() if text_config else src / "config.json"
+    if text_config.is_dir():
+        text_config = text_config / "config.json"
+    bert = _read_json(text_config, f"the text model's config.json (BiomedBERT, {BIOMEDBERT_HUB})")
+    if "model_type" not in bert:
+        raise WeightFileError(f"{text_config} has no model_type: expected the text model's config.json "
+                              f"(BiomedBERT, {BIOMEDBERT_HUB}), not {sorted(bert)[:4]}")
+    if dst.exists() and any(dst.iterdir()) and not force:
+        raise WeightFileError(f"{dst} exists and is not empty: choose another destination or pass --force")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    try:
+        try:
+            os.link(weights, tmp / weights.name)
+        except OSError:
+            shutil.copy2(weights, tmp / weights.name)
+        for name in TOKENIZER_FILES:
+            if (src / name).is_file():
+                shutil.copy2(src / name, tmp / name)
+        (tmp / TEXT_DIR).mkdir()
+        (tmp / TEXT_DIR / "config.json").write_text(json.dumps(bert, indent=1), encoding="utf-8")
+        original = {k: text.get(k) for k in ("hf_model_name", "hf_tokenizer_name")}
+        text["hf_model_name"] = text["hf_tokenizer_name"] = str(dst / TEXT_DIR)
+        (tmp / "open_clip_config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
+        (tmp / PREPARED).write_text(json.dumps({"source": str(src), "text_config": str(text_config),
+                                                "replaced": original}, indent=1), encoding="utf-8")
+        if dst.exists():
+            shutil.rmtree(dst)
+        os.replace(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    try:
+        BiomedClipScorer(str(dst))
+    except BaseException:
+        shutil.rmtree(dst, ignore_errors=True)
+        raise
+    return dst
+
+
 class BiomedClipScorer:
-    """BiomedCLIP (open_clip) from a local folder, 100·cos of L2-normalised features."""
+    """BiomedCLIP (open_clip) from a prepared local folder, 100·cos of L2-normalised features."""
 
     name = "biomedclip"
     needs_gt = False
 
     def __init__(self, folder: str | None, device: str = "cpu"):
-        folder = str(Path(folder).expanduser()) if folder else None
-        if not folder or not Path(folder).is_dir():
-            raise FileNotFoundError("scorer biomedclip needs a local open_clip folder: biomedclip_dir=<dir with "
-                                    f"open_clip_config.json, weights and tokenizer files> (got {folder!r})")
+        from medbench.hashing import sha256_file, sha256_obj
+
+        if not folder:
+            raise WeightFileError("scorer biomedclip needs a local open_clip folder: biomedclip_dir=<dir with "
+                                  "open_clip_config.json, weights and tokenizer files> (got None); prepare one with "
+                                  "`medbench weak-labels prepare-biomedclip SRC DST`")
+        path = Path(folder).expanduser()
+        config = check_biomedclip_dir(path)
         try:
             import open_clip
         except ImportError as exc:
-            raise ImportError("scorer biomedclip needs the optional package open_clip_torch") from exc
+            raise ImportError("scorer biomedclip needs the weak-labels extra: pip install 'medbench[weak-labels]' "
+                              "(open_clip_torch)") from exc
         import torch
 
-        self.folder, self.device, self._torch = str(folder), device, torch
-        weights = [p for p in Path(folder).iterdir() if p.suffix in (".bin", ".safetensors", ".pt")]
-        self.model, _, self.preprocess = open_clip.create_model_and_transforms(
-            f"local-dir:{folder}", **({} if weights else {"pretrained_text": False}))
+        self.folder, self.device, self._torch = str(path), device, torch
+        try:
+            self.model, _, self.preprocess = open_clip.create_model_and_transforms(
+                f"local-dir:{path}", pretrained_text=False, weights_only=True)
+            self.tokenizer = open_clip.get_tokenizer(f"local-dir:{path}")
+        except (RuntimeError, OSError, ValueError, KeyError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise WeightFileError(f"BiomedCLIP folder {path} does not load with open_clip "
+                                  f"(weights {_clip_weights(path).name} vs open_clip_config.json): {first}") from None
         self.model.to(device).eval()
-        self.tokenizer = open_clip.get_tokenizer(f"local-dir:{folder}")
+        self._fp = {"name": self.name, "weights": sha256_file(_clip_weights(path))[:16],
+                    "config": sha256_obj(config["model_cfg"])[:16]}
 
     def fingerprint(self) -> dict[str, Any]:
-        files = sorted(p.name for p in Path(self.folder).iterdir())
-        return {"name": self.name, "folder": Path(self.folder).name, "files": files}
+        return dict(self._fp)
 
     def score(self, crops: list[Image.Image], text: str, **_: Any) -> np.ndarray:
         torch = self._torch
