@@ -295,3 +295,37 @@ def test_real_weights_identical_reports():
     assert res["chexbert"].per_sample["same"] == pytest.approx(1.0, abs=1e-4)
     assert res["radgraph"].per_sample["same"] == pytest.approx(1.0)
     assert all(r.per_sample["empty"] == 0.0 for r in res.values())
+
+
+def test_chexbert_file_checked_before_f1chexbert_loads_it(tmp_path):
+    """f1chexbert loads chexbert.pth with strict=False; medbench reads it first and names a wrong file."""
+    import torch
+
+    good = tmp_path / "chexbert.pth"
+    torch.save({"model_state_dict": {"module.bert.pooler.dense.weight": torch.zeros(2, 2),
+                                     "module.linear_heads.0.bias": torch.zeros(4)}, "epoch": 3}, good)
+    assert module._chexbert_state_keys(good) == {"bert.pooler.dense.weight", "linear_heads.0.bias"}
+    bare = tmp_path / "bare.pth"
+    torch.save({"bert.pooler.dense.weight": torch.zeros(2)}, bare)
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(good.read_bytes()[:100])
+    text = tmp_path / "text.pth"
+    text.write_text("not a checkpoint")
+    for path, needle in ((bare, "model_state_dict"), (truncated, "weights_only=True"), (text, "weights_only=True")):
+        with pytest.raises(module.BadWeights) as err:
+            module._chexbert_state_keys(path)
+        assert str(path) in str(err.value) and needle in str(err.value) and "chexbert.pth" in str(err.value)
+
+
+def test_pip_check_ignores_only_medbench_itself(monkeypatch):
+    import subprocess
+
+    class Done:
+        stdout = ("medbench 0.1.0 requires peft, which is not installed.\n"
+                  "radgraph 0.1.18 has requirement transformers<5, but you have transformers 5.24.0.\n")
+        stderr = ""
+
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: Done())
+    assert module.pip_check() == ["radgraph 0.1.18 has requirement transformers<5, but you have transformers 5.24.0."]
+    Done.stdout = "No broken requirements found.\n"
+    assert module.pip_check() == []

@@ -68,8 +68,7 @@ def plan(venv: Path, python: str, constraints: Path, source: str, torch_index_ur
         torch,
         [*pip, *CLINICAL_PACKAGES],
         [py, "-m", "pip", "install", "--no-deps", source],
-        [py, "-m", "pip", "check"],
-        [py, "-m", "medbench.metrics.clinical", "--check"],
+        [py, "-m", "medbench.metrics.clinical", "--check", "--pip-check"],
     ]
 
 

@@ -20,8 +20,10 @@ transformers < 5) are imported inside the scorer functions, in the clinical envi
   ``ratescore``: RaTEScore on CPU unless ``--device cuda``.
 * Empty predictions score 0 for every metric without calling the scorers (RaTEScore would drop
   them and shift later scores) and are counted in ``n_empty``.
-* Exit status: 0 written; 2 bad input; 3 unavailable (missing package or weights; the message
-  says what to place where); anything else is a crash. No output file unless everything worked.
+* Exit status: 0 written; 2 bad input; 3 unavailable (missing package or weights, or a weight
+  file that is not what the metric loads, such as a ``chexbert.pth`` without CheXbert's
+  ``model_state_dict``; the message names the file and says what to place where); anything else
+  is a crash. No output file unless everything worked.
 """
 
 from __future__ import annotations
@@ -130,6 +132,31 @@ def _silence_loguru() -> None:
     logger.remove()
 
 
+class BadWeights(Exception):
+    """A weight file is present but is not what the metric loads; the message names it."""
+
+
+def _chexbert_state_keys(path: Path) -> set[str]:
+    """Parameter names in ``chexbert.pth`` (``module.`` stripped), read with ``weights_only=True``."""
+    import pickle
+    import zipfile
+
+    import torch
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BadWeights(f"{path}: not readable as a PyTorch checkpoint with weights_only=True ({first}); expected "
+                         "CheXbert's chexbert.pth (a dict with model_state_dict)") from None
+    state = checkpoint.get("model_state_dict") if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict) or not all(hasattr(v, "shape") for v in state.values()):
+        found = sorted(checkpoint)[:5] if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise BadWeights(f"{path}: expected CheXbert's chexbert.pth, a dict whose model_state_dict maps parameter "
+                         f"names to tensors; found {found}")
+    return {k.replace("module.", "") for k in state}
+
+
 def score_chexbert_semb(refs: list[str], hyps: list[str], root: Path, device: str) -> dict[str, list[float]]:
     """Cosine of CheXbert final-layer [CLS] hidden states, per pair."""
     import f1chexbert.f1chexbert as fcb
@@ -137,7 +164,13 @@ def score_chexbert_semb(refs: list[str], hyps: list[str], root: Path, device: st
     import torch
 
     fcb.CACHE_DIR = str(root / "chexbert")
+    expected = _chexbert_state_keys(root / "chexbert" / "chexbert.pth")
     scorer = fcb.F1CheXbert(device=device)
+    missing = sorted(set(scorer.model.state_dict()) - expected)
+    if missing:  # f1chexbert loads with strict=False: a mismatched file would silently leave random weights
+        raise BadWeights(f"{root / 'chexbert' / 'chexbert.pth'}: {len(missing)} CheXbert parameters are not in its "
+                         f"model_state_dict (first: {missing[0]}); expected CheXbert's chexbert.pth for the BERT "
+                         "config in hf/models--bert-base-uncased")
     bert = scorer.model.bert
 
     def embed(texts: list[str]) -> Any:
@@ -289,7 +322,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--metrics", default=",".join(METRICS), help=f"comma-separated subset of {','.join(METRICS)}")
     parser.add_argument("--device", default="cpu", help="torch device for CheXbert and RaTEScore (default cpu)")
     parser.add_argument("--check", action="store_true", help="import the metric packages and print versions")
+    parser.add_argument("--pip-check", action="store_true",
+                        help="with --check: also run `pip check`, ignoring the core dependencies medbench itself "
+                        "declares (it is installed here with --no-deps)")
     return parser
+
+
+def pip_check() -> list[str]:
+    """``pip check`` problems of the clinical environment, except medbench's own (absent on purpose)."""
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True)
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    return [line for line in lines if not line.lower().startswith("medbench ") and "no broken requirements" not in
+            line.lower()]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -298,6 +344,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         metrics = _parse_metrics(args.metrics)
         if args.check:
             _check_imports(metrics)
+            problems = pip_check() if args.pip_check else []
+            if problems:
+                raise Unavailable("pip check: " + "; ".join(problems))
             print(json.dumps({"format": FORMAT, "versions": versions()}))
             return 0
         if args.inp is None or args.out is None:
@@ -324,7 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BadInput as exc:
         print(f"medbench-clinical: bad input: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except Unavailable as exc:
+    except (Unavailable, BadWeights) as exc:
         print(f"medbench-clinical: unavailable: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     return 0
