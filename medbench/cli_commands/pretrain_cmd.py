@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-STAGE_DEFAULTS = {"lm": {"steps": 800, "batch_size": 16, "lr": 1e-3, "checkpoint_every": 50},
-                  "vision": {"steps": 1500, "batch_size": 32, "lr": 1e-3, "checkpoint_every": 100}}
+STAGE_DEFAULTS = {"lm": {"steps": 800, "batch_size": 16, "lr": 1e-3, "checkpoint_every": 50, "images": 0},
+                  "vision": {"steps": 1500, "batch_size": 32, "lr": 1e-3, "checkpoint_every": 100, "images": 4000},
+                  "language": {"steps": 1500, "batch_size": 16, "lr": 1e-3, "checkpoint_every": 100,
+                               "images": 4000}}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -13,29 +15,40 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "pretrain", help="rebuild tiny-med-llava from scratch on the phantom pretrain splits",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Stages: 'vision' trains the vision tower alone with dense per-cell targets from the phantom "
-        "masks (structure, lesion, artefact); 'lm' (default) trains the model on the pretrain questions and "
-        "reports. `medbench pretrain probe` fits linear probes for lesions on a model's frozen visual tokens.",
+        "masks (structure, lesion, artefact); 'language' then trains the projector and language model on the "
+        "frozen tower (multi-turn conversations of phantom v3 pretrain questions and reports, plus a grounding "
+        "loss on one attention head); 'lm' (default, how tiny-med-llava v1 was built) trains the whole model on "
+        "single-turn pretrain questions and reports. Every stage resumes from OUTPUT/state when rerun with the "
+        "same settings. `medbench pretrain probe` fits linear probes for lesions on a model's frozen visual tokens.",
         epilog="examples:\n  medbench pretrain --output /tmp/tiny      # then: medbench run --model /tmp/tiny ...\n"
         "  medbench pretrain --steps 300 --output /tmp/tiny-quick\n"
         "  medbench pretrain --init-from medbench/assets/tiny-med-llava --steps 800 --lr 5e-4 --output /tmp/tiny-more\n"
         "  medbench pretrain --stage vision --init-from medbench/assets/tiny-med-llava --output /tmp/tiny-vision\n"
         "  medbench pretrain --stage vision --steps 1000 --images 4000 --output /tmp/tiny-vision   # rerun: resumes\n"
+        "  medbench pretrain --stage language --init-from /tmp/tiny-vision --output /tmp/tiny-v2\n"
         "  medbench pretrain --init-from /tmp/tiny-vision --freeze-vision --output /tmp/tiny-aligned\n"
         "  medbench pretrain probe --model /tmp/tiny-vision --json",
     )
     p.add_argument("--stage", choices=sorted(STAGE_DEFAULTS), default="lm",
-                   help="lm: questions and reports (default); vision: dense supervision of the vision tower")
+                   help="lm: questions and reports (default); vision: dense supervision of the vision tower; "
+                   "language: projector + language model on the frozen tower (needs --init-from)")
     p.add_argument("--output", help="directory to write the checkpoint to (the shipped one "
                    "lives in medbench/assets/tiny-med-llava); required unless probing")
-    p.add_argument("--steps", type=int, help="optimizer steps (default: lm 800, vision 1500)")
-    p.add_argument("--batch-size", type=int, help="images or samples per step (default: lm 16, vision 32)")
+    p.add_argument("--steps", type=int, help="optimizer steps (default: lm 800, vision 1500, language 1500)")
+    p.add_argument("--batch-size", type=int,
+                   help="images, samples or conversations per step (default: lm 16, vision 32, language 16)")
     p.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init-from", metavar="DIR", help="continue training an existing checkpoint (keeps its tokenizer)")
     p.add_argument("--freeze-vision", action="store_true",
                    help="lm stage: keep the vision tower fixed (train projector and language model on top of it)")
-    p.add_argument("--images", type=int, default=4000,
-                   help="vision stage: pool of pretrain images rendered once and cycled (0: fresh images every step)")
+    p.add_argument("--images", type=int,
+                   help="vision/language stage: pool of pretrain images rendered in memory once and cycled "
+                   "(default 4000; vision: 0 renders fresh images every step)")
+    p.add_argument("--heldout-images", type=int, default=200,
+                   help="language stage: phantom train images whose closed questions are scored at every checkpoint")
+    p.add_argument("--grounding-weight", type=float, default=0.5,
+                   help="language stage: weight of the grounding loss on one attention head (0: none)")
     p.add_argument("--lesion-weight", type=float, default=4.0,
                    help="vision stage: weight of the lesion class in the per-cell lesion cross-entropy")
     p.add_argument("--checkpoint-every", type=int,
@@ -70,11 +83,24 @@ def main(args: argparse.Namespace) -> int:
     batch_size = args.batch_size if args.batch_size is not None else defaults["batch_size"]
     lr = args.lr if args.lr is not None else defaults["lr"]
     every = args.checkpoint_every if args.checkpoint_every is not None else defaults["checkpoint_every"]
-    if args.stage == "vision":
+    images = args.images if args.images is not None else defaults["images"]
+    if args.stage == "language":
+        from medbench.pretrain_language import LanguagePretrainConfig, pretrain_language
+
+        if not args.init_from:
+            args.pretrain_parser.error("--stage language needs --init-from DIR (the vision stage's output)")
+        if images < batch_size:
+            args.pretrain_parser.error(f"--images {images} must be at least --batch-size {batch_size}")
+        record = pretrain_language(args.output, LanguagePretrainConfig(
+            steps=steps, batch_size=batch_size, lr=lr, seed=args.seed, init_from=args.init_from, images=images,
+            grounding_weight=args.grounding_weight, heldout_images=args.heldout_images,
+            checkpoint_every=every), progress=not args.quiet)
+        record.pop("curves")
+    elif args.stage == "vision":
         from medbench.pretrain_vision import VisionPretrainConfig, pretrain_vision
 
         record = pretrain_vision(args.output, VisionPretrainConfig(
-            steps=steps, batch_size=batch_size, lr=lr, seed=args.seed, init_from=args.init_from, images=args.images,
+            steps=steps, batch_size=batch_size, lr=lr, seed=args.seed, init_from=args.init_from, images=images,
             lesion_weight=args.lesion_weight, checkpoint_every=every), progress=not args.quiet)
         record.pop("curves")
     else:
