@@ -56,6 +56,15 @@ def pretrain(output: str | Path, config: PretrainConfig = PretrainConfig(), prog
     from medbench.train_state import STATE_DIR, remove
     from medbench.training import Checkpointing, train_supervised
 
+    if config.init_from:
+        from medbench.backbones.tiny import checkpoint_version
+
+        if checkpoint_version(config.init_from) >= 2 and not config.freeze_vision:
+            from medbench.errors import ConfigError
+
+            raise ConfigError(f"{config.init_from} holds a tiny-med-llava v{checkpoint_version(config.init_from)} "
+                              "checkpoint; the lm stage is the v1 recipe and would retrain its dense vision tower: "
+                              "use --stage language (or --freeze-vision)")
     started = time.time()
     vqa = PhantomVQA().load("pretrain")
     reports = PhantomReport().load("pretrain")

@@ -352,6 +352,9 @@ def pretrain_language(output: str | Path, config: LanguagePretrainConfig = Langu
         raise ValueError("the language stage starts from a checkpoint (the vision stage's output): give init_from")
     if config.images < config.batch_size:
         raise ValueError(f"images={config.images} must be at least batch_size={config.batch_size}")
+    from medbench.backbones.tiny import CURRENT_VERSION, require_version
+
+    require_version(config.init_from, 2, "the language stage (it trains on the dense v2 vision tower)")
     started = time.time()
     output = Path(output)
     model, processor = start_model(config.init_from, config.seed, 0)
@@ -441,7 +444,7 @@ def pretrain_language(output: str | Path, config: LanguagePretrainConfig = Langu
     model.save_pretrained(output, safe_serialization=True)
     processor.save_pretrained(output)
     record: dict[str, Any] = {
-        "stage": "language", "config": asdict(config), "wall_seconds": round(time.time() - started, 1),
+        "stage": "language", "model_version": CURRENT_VERSION, "config": asdict(config), "wall_seconds": round(time.time() - started, 1),
         "resumed_at_step": start, "conversations_seen": total * config.batch_size,
         "answers_in_pool": sum(len(c.turns) for c in convs), "phantom_version": PHANTOM_VERSION,
         "phantom_source": generator_source()[:16], "torch_threads": torch.get_num_threads(),

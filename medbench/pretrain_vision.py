@@ -259,7 +259,7 @@ def pretrain_vision(output: str | Path, config: VisionPretrainConfig = VisionPre
     model.save_pretrained(output, safe_serialization=True)
     processor.save_pretrained(output)
     record: dict[str, Any] = {
-        "stage": "vision", "config": asdict(config), "wall_seconds": round(time.time() - started, 1),
+        "stage": "vision", "model_version": 2, "config": asdict(config), "wall_seconds": round(time.time() - started, 1),
         "resumed_at_step": start, "images_seen": total * config.batch_size,
         "distinct_images": config.images or total * config.batch_size,
         "structures": list(STRUCTURES), "phantom_version": PHANTOM_VERSION,

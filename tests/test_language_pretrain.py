@@ -146,6 +146,30 @@ def test_language_stage_cli_needs_a_starting_checkpoint(capsys):
     assert exc.value.code == 2 and "--init-from" in capsys.readouterr().err
 
 
+def test_checkpoint_versions_are_checked_and_named(random_backbone, tmp_path):
+    from medbench.backbones.tiny import checkpoint_version
+    from medbench.errors import ConfigError
+    from medbench.pretrain import PretrainConfig, pretrain
+    from medbench.pretrain_language import LanguagePretrainConfig, pretrain_language
+
+    v1 = tmp_path / "v1"
+    random_backbone.model.save_pretrained(v1)
+    random_backbone.processor.save_pretrained(v1)
+    assert checkpoint_version(v1) == 1  # no pretrain.json: a v1 checkpoint
+    (v1 / "pretrain.json").write_text(json.dumps({"config": {"steps": 800}}))
+    assert checkpoint_version(v1) == 1
+    with pytest.raises(ConfigError, match=r"v1 checkpoint .*the language stage .*expects v2"):
+        pretrain_language(tmp_path / "out", LanguagePretrainConfig(init_from=str(v1)), progress=False)
+    assert not (tmp_path / "out").exists()
+    (v1 / "pretrain.json").write_text(json.dumps({"model_version": 2}))
+    assert checkpoint_version(v1) == 2
+    with pytest.raises(ConfigError, match=r"v2 checkpoint; the lm stage is the v1 recipe"):
+        pretrain(tmp_path / "out", PretrainConfig(init_from=str(v1)), progress=False)
+    (v1 / "pretrain.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="not a readable pretrain record"):
+        checkpoint_version(v1)
+
+
 # ---- the stage end to end: trains projector + LM only, resumes bitwise after SIGKILL ---------
 def _cmd(start: Path, out: Path) -> list[str]:
     return [sys.executable, "-m", "medbench.cli", "-q", "pretrain", "--stage", "language", "--init-from", str(start),
@@ -162,12 +186,14 @@ def test_language_stage_trains_projector_and_lm_and_resumes_bitwise(random_backb
     start = tmp_path / "start"
     random_backbone.model.save_pretrained(start)
     random_backbone.processor.save_pretrained(start)
+    (start / "pretrain.json").write_text(json.dumps({"stage": "vision", "model_version": 2}))
     env = ENV
     reference = tmp_path / "reference"
     done = subprocess.run(_cmd(start, reference), capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     record = json.loads((reference / "pretrain.json").read_text())
-    assert record["stage"] == "language" and record["config"]["steps"] == 4
+    assert record["stage"] == "language" and record["config"]["steps"] == 4 and record["model_version"] == 2
+    assert record["continued_from"]["stage"] == "vision"
     assert record["heldout"]["steps"] == [0, 1, 2, 3, 4] and record["heldout"]["split"] == "train"
     assert all(0.0 <= a <= 1.0 for a in record["heldout"]["closed_accuracy"])
     assert set(record["curves"]) == {"loss", "answer", "grounding"} and record["final_losses"]["grounding"] > 0

@@ -18,6 +18,13 @@ from medbench.backbones.templates import TINY
 from medbench.paths import ASSETS
 
 TINY_DIR = ASSETS / "tiny-med-llava"
+#: The versions of the checkpoint, as recorded in its ``pretrain.json`` (``model_version``; absent: 1).
+MODEL_VERSIONS = {
+    1: "trained end to end on single-turn phantom questions and reports (`medbench pretrain --stage lm`)",
+    2: "a vision tower trained densely on the phantom v3 masks (`--stage vision`), then projector and language "
+       "model on it (`--stage language`)",
+}
+CURRENT_VERSION = 2
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
 IMAGE_SIZE = 128
 PATCH_SIZE = 16
@@ -49,6 +56,33 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 1024) -> Any:
         extra_special_tokens={"image_token": "<image>"},
         padding_side="left",
     )
+
+
+def checkpoint_version(path: str | os.PathLike) -> int:
+    """The tiny-med-llava version of a checkpoint directory (its ``pretrain.json``'s ``model_version``;
+    a checkpoint without one is a v1 checkpoint)."""
+    import json
+
+    record = Path(path) / "pretrain.json"
+    if not record.is_file():
+        return 1
+    try:
+        version = json.loads(record.read_text()).get("model_version", 1)
+    except (OSError, ValueError, AttributeError) as exc:
+        from medbench.errors import ConfigError
+
+        raise ConfigError(f"{record} is not a readable pretrain record: {exc}") from None
+    return int(version)
+
+
+def require_version(path: str | os.PathLike, expected: int, purpose: str) -> None:
+    """Refuse a checkpoint of another version than ``expected``, naming both."""
+    found = checkpoint_version(path)
+    if found != expected:
+        from medbench.errors import ConfigError
+
+        raise ConfigError(f"{path} holds a tiny-med-llava v{found} checkpoint ({MODEL_VERSIONS.get(found, 'unknown')}); "
+                          f"{purpose} expects v{expected} ({MODEL_VERSIONS[expected]})")
 
 
 def build_processor(tokenizer: Any) -> Any:
