@@ -27,6 +27,12 @@ skipped with its reason). A mask PNG of another size than its image is resized t
 with nearest-neighbour resampling; boxes are in image pixels. Every image is decoded once, however
 many questions it has; nothing is cached on disk.
 
+Multiple-choice questions (answer type ``mc``, OmniMedVQA) are not probed: their answers are options
+that differ from question to question, so no fixed answer vocabulary exists for the classifiers to
+learn. They are left out and counted (``mc_skipped`` in ``--json``, present only when there are
+some, and a line in the text output); a split left without closed questions is refused with that
+count.
+
 Closed questions are scored directly. For open questions the classifier's classes are the answers
 seen at least ``min_count`` times in train (the vocabulary); ``coverage`` is the fraction of open
 test questions whose answer is in it, and accuracies count every open test question, an answer
@@ -72,6 +78,8 @@ PROBE_TITLES = {"majority": "majority", "question_prior": "question prior", "tex
                 "location_blind": "location-blind", "roi_only": "RoI-only"}
 GATES = {"text": ("<=", 0.05), "location_blind": ("<=", 0.10), "roi_only": (">=", 0.30)}
 GATE_BASELINE = {AnswerType.CLOSED.value: "majority", AnswerType.OPEN.value: "question_prior"}
+MC_SKIP_REASON = ("multiple-choice questions are not probed: their options differ per question, so there is no "
+                  "fixed answer vocabulary to classify into")
 
 
 class ProbeError(ValueError):
@@ -171,6 +179,7 @@ class ProbeReport:
     seed: int
     limit_train: int | None
     skipped: list[dict[str, str]] = field(default_factory=list)
+    mc_skipped: dict[str, int] = field(default_factory=dict)  # split → multiple-choice questions left out
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -185,6 +194,7 @@ class ProbeReport:
                          "ngram_range": list(NGRAM_RANGE), "min_count": self.open.min_count,
                          "classifier": f"HistGradientBoostingClassifier(max_bins={MAX_BINS})"},
             "skipped": list(self.skipped),
+            **({"mc_skipped": {**self.mc_skipped, "reason": MC_SKIP_REASON}} if any(self.mc_skipped.values()) else {}),
         }
 
 
@@ -397,10 +407,19 @@ def run_probes(task: Any, *, seed: int = 0, limit_train: int | None = None, min_
     if min_count < 1:
         raise ProbeError(f"--min-count must be at least 1, got {min_count}", exit_code=2)
     wanted = (AnswerType.CLOSED, AnswerType.OPEN)
-    train_all = [s for s in task.load(task.train_split) if s.answer_type in wanted]
-    test_all = [s for s in task.load(task.eval_split) if s.answer_type in wanted]
+    train_loaded, test_loaded = task.load(task.train_split), task.load(task.eval_split)
+    mc_skipped = {split: sum(s.answer_type == AnswerType.MC for s in loaded)
+                  for split, loaded in ((task.train_split, train_loaded), (task.eval_split, test_loaded))}
+    if any(mc_skipped.values()):
+        log.warning("%s: left out %s multiple-choice questions (%s)", task.name,
+                    " + ".join(f"{n} {split}" for split, n in mc_skipped.items()), MC_SKIP_REASON)
+    mc_note = (f" (left out {' + '.join(f'{n} {split}' for split, n in mc_skipped.items())} multiple-choice "
+               f"questions: {MC_SKIP_REASON})" if any(mc_skipped.values()) else "")
+    train_all = [s for s in train_loaded if s.answer_type in wanted]
+    test_all = [s for s in test_loaded if s.answer_type in wanted]
     if not train_all:
-        raise ProbeError(f"{task.name}: the {task.train_split} split has no VQA questions to train the probes on")
+        raise ProbeError(f"{task.name}: the {task.train_split} split has no VQA questions to train the probes on"
+                         f"{mc_note}")
     has_roi = any(s.roi is not None for s in train_all + test_all)
     subset = RoiSubset(restricted=False, train_without_roi=sum(s.roi is None for s in train_all),
                        test_without_roi=sum(s.roi is None for s in test_all))
@@ -413,7 +432,7 @@ def run_probes(task: Any, *, seed: int = 0, limit_train: int | None = None, min_
         raise ProbeError(f"{task.name}: no {task.train_split} question has an RoI")
     if not any(s.answer_type == AnswerType.CLOSED for s in test_all):
         where = " with an RoI" if subset.restricted else ""
-        raise ProbeError(f"{task.name}: the {task.eval_split} split has no closed questions{where} to score")
+        raise ProbeError(f"{task.name}: the {task.eval_split} split has no closed questions{where} to score{mc_note}")
     train_all = _limit(train_all, limit_train, seed)
     roi_reason = None if has_roi else f"needs question RoIs and {task.name} has none"
     samples = train_all + test_all
@@ -444,7 +463,7 @@ def run_probes(task: Any, *, seed: int = 0, limit_train: int | None = None, min_
     return ProbeReport(task=task.name, task_version=str(getattr(task, "version", "")),
                        n_train=len(split_rows["train"]), n_test=len(split_rows["test"]), roi_subset=subset,
                        closed=closed, open=results[AnswerType.OPEN], seed=seed, limit_train=limit_train,
-                       skipped=skipped)
+                       skipped=skipped, mc_skipped=mc_skipped)
 
 
 def probe_task(name: str, data_root: str | None = None, **options: Any) -> ProbeReport:
@@ -495,6 +514,9 @@ def render_text(report: ProbeReport) -> str:
         lines.append(f"gates (vs {PROBE_TITLES[baseline]}): " + "; ".join(verdicts))
         if result.roi_only_reason:
             lines.append(f"RoI-only not run: {result.roi_only_reason}")
+    if any(report.mc_skipped.values()):
+        counts = ", ".join(f"{n} {split}" for split, n in report.mc_skipped.items())
+        lines += ["", f"left out multiple-choice questions ({counts}): {MC_SKIP_REASON}"]
     if report.skipped:
         lines += ["", f"skipped {len(report.skipped)} questions whose image or mask could not be read (--json lists them)"]
     return "\n".join(lines)

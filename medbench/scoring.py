@@ -112,8 +112,10 @@ def score_mc(rows: list[dict[str, Any]], samples: dict[str, Sample], seed: int) 
     from medbench.metrics.mc import MCMetrics
 
     mc_rows = [{**r, "options": samples[r["id"]].meta.get("options")} for r in rows]
-    metrics, cis, per_sample = _result_entries(MCMetrics(seed=seed).compute(mc_rows))
-    return metrics, cis, per_sample, {"closed": len(rows)}
+    results = MCMetrics(seed=seed).compute(mc_rows)
+    metrics, cis, per_sample = _result_entries(results)
+    # multiple-choice questions are counted as such, never as closed (yes/no) ones
+    return metrics, cis, per_sample, {"mc": results["closed_accuracy"].counts["mc"]}
 
 
 @dataclass(frozen=True)

@@ -218,12 +218,25 @@ def _weak_labels(runs: Sequence[RunView], rows: Sequence[dict[str, Any]], sample
 
 
 def _verdict(sample: Sample, prediction: str) -> str:
+    """The caption colour of a prediction: credited (green) or not (red) by the rule scoring uses.
+
+    Closed: ``llava_med``'s closed rule; multiple choice: ``mc@difflib`` over the sample's options
+    (:func:`medbench.metrics.mc.mc_hit`); open: the GT as a normalised substring.
+    """
+    from medbench.metrics.mc import mc_hit
     from medbench.metrics.vqa import closed_hit, substring_hit
 
     if sample.answer_type == AnswerType.REPORT:
         return "black"
-    rule = closed_hit if sample.answer_type == AnswerType.CLOSED else substring_hit
-    return "tab:green" if rule(prediction, sample.answer) else "tab:red"
+    if sample.answer_type == AnswerType.MC:
+        options = sample.meta.get("options")
+        if not options:
+            raise ShowError(f"sample {sample.id!r} is multiple choice but has no options to score it against")
+        hit = mc_hit(prediction, sample.answer, options)
+    else:
+        rule = closed_hit if sample.answer_type == AnswerType.CLOSED else substring_hit
+        hit = bool(rule(prediction, sample.answer))
+    return "tab:green" if hit else "tab:red"
 
 
 def _task_scores(task: Any, sample: Sample, prediction: str) -> str:

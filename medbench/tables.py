@@ -444,8 +444,45 @@ def fmt_delta(value: float | None, decimals: int) -> str:
     return MISSING if value is None else f"{round(value, decimals) + 0.0:+.{decimals}f}"  # no "-0.00"
 
 
-def column_label(task: str, metric: str) -> tuple[str, str]:
-    return TASK_LABELS.get(task, task), MR.label(metric)
+MC_LABEL = "Accuracy (MC)"
+
+
+def column_label(task: str, metric: str, mc: bool = False) -> tuple[str, str]:
+    """(dataset, metric) header of a column; ``mc``: the accuracy of multiple-choice answers."""
+    return TASK_LABELS.get(task, task), MC_LABEL if mc else MR.label(metric)
+
+
+def _task_protocol(task: str) -> str | None:
+    """The registered task's metric protocol (None for a task this medbench does not know)."""
+    from medbench.registry import TASKS
+
+    if task not in TASKS:
+        return None
+    try:
+        return str(getattr(TASKS.get(task), "metric_protocol", "") or "") or None
+    except Exception:  # a broken plugin task: its results still render, labelled by the metric
+        return None
+
+
+def _mc_columns(rows: list[Row], columns: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """Accuracy columns whose answers are multiple choice, with their protocol (e.g. ``mc@difflib``).
+
+    A column is multiple choice when every result in it was scored by an ``mc@`` protocol; an empty
+    column follows its task's registered protocol. The paper prints OmniMedVQA's multiple-choice
+    accuracy in its "Closed" column; medbench keeps that column and labels it for what it holds.
+    """
+    out: dict[tuple[str, str], str] = {}
+    for t, m in columns:
+        if MR.lookup(m) is None or MR.lookup(m).name != "closed_accuracy":
+            continue
+        protos = {str(c.result.get("metric_protocol")) for r in rows
+                  if (c := r.cells.get((t, m))) is not None and c.value is not None and c.result is not None}
+        if not protos:
+            own = _task_protocol(t)
+            protos = {own} if own else set()
+        if protos and all(p.startswith("mc@") for p in protos):
+            out[(t, m)] = ", ".join(sorted(protos))
+    return out
 
 
 @dataclass
@@ -479,12 +516,13 @@ def build_grid(
 ) -> Grid:
     rows = build_rows(kind, results, compare_paper, paper)
     columns = _columns(kind, rows)
+    mc_columns = _mc_columns(rows, columns)
     limited: set[int] = set()
     any_sub = any_failed = False
     protocols: dict[tuple[str, str], set[str]] = {}
     out_cols: list[tuple[str, str]] = []
     for t, m in columns:
-        g, lab = column_label(t, m)
+        g, lab = column_label(t, m, (t, m) in mc_columns)
         out_cols.append((g, lab))
         if compare_paper:
             out_cols += [(g, f"{lab} (paper)"), (g, f"{lab} Δ")]
@@ -536,9 +574,15 @@ def build_grid(
             + ", ".join(map(str, _KIND_PAPER_TABLES[kind]))
             + "; Δ = ours − paper."
         )
+    for (t, m), proto in mc_columns.items():
+        g, lab = column_label(t, m, True)
+        where = (f"the paper's {g} column (printed there as \"{MR.label(m)}\")"
+                 if (t, m) in _KIND_DEFAULT_COLUMNS.get(kind, ()) else f"the {MR.label(m)} column")
+        notes.append(f"{g} {lab}: multiple-choice accuracy ({proto}: the prediction and the answer each mapped "
+                     f"to the most similar option), in {where}.")
     for (t, m), protos in protocols.items():
         if len(protos) > 1:
-            g, lab = column_label(t, m)
+            g, lab = column_label(t, m, (t, m) in mc_columns)
             notes.append(f"Column {g} {lab} mixes metric protocols: {', '.join(sorted(protos))}.")
     return Grid(
         KIND_TITLES[kind], ("Model", "Method"), out_cols, out_rows, notes, transpose=(kind == "report")
@@ -590,11 +634,14 @@ def _grid_json(kind: str, results: list[dict], compare_paper: bool, paper: dict 
             }
         )
     grid = build_grid(kind, results, compare_paper, paper)
+    mc_columns = _mc_columns(rows, columns)
     return {
         "table": kind,
         "title": KIND_TITLES[kind],
         "scale": "fraction" if kind == "attention" else "percent",
-        "columns": [{"key": f"{t}/{m}", "label": " ".join(column_label(t, m)), "scale": metric_unit(m)}
+        "columns": [{"key": f"{t}/{m}", "label": " ".join(column_label(t, m, (t, m) in mc_columns)),
+                     "scale": metric_unit(m), **({"answer_type": "mc", "protocol": mc_columns[(t, m)]}
+                                                 if (t, m) in mc_columns else {})}
                     for t, m in columns],
         "rows": out,
         "footnotes": grid.footnotes,

@@ -61,7 +61,7 @@ def test_mc_metrics_by_hand():
     result = MCMetrics(seed=0).compute(rows)["closed_accuracy"]
     assert result.value == 0.5
     assert result.per_sample == {"q1": 1.0, "q2": 0.0, "q3": 0.0, "q4": 1.0}
-    assert result.counts == {"errors": 1, "closed": 4}
+    assert result.counts == {"errors": 1, "mc": 4}
     assert result.protocol == "mc@difflib"
     assert 0.0 <= result.ci["low"] <= 0.5 <= result.ci["high"] <= 1.0
     with pytest.raises(ValueError, match="options"):

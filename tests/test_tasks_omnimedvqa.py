@@ -189,7 +189,8 @@ def test_end_to_end(tmp_path: Path) -> None:
     _, rows = read_rows(run / "predictions.jsonl")
     assert sorted(r["id"] for r in rows) == test_ids
     counts = results["counts"]
-    assert (counts["planned"], counts["scored"], counts["closed"]) == (len(test_ids),) * 3
+    assert (counts["planned"], counts["scored"], counts["mc"]) == (len(test_ids),) * 3
+    assert "closed" not in counts  # multiple-choice questions are counted as mc, not as closed
     assert {r["answer_type"] for r in rows} == {"mc"}
     options = {"omnimedvqa-L00000": ["CT", "MRI", "X-ray", "Fundus photography"],
                "omnimedvqa-L00005": ["yes", "no"]}

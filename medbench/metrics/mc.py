@@ -33,7 +33,11 @@ def mc_hit(prediction: str, label: str, options: Sequence[str]) -> bool:
 
 
 class MCMetrics(Metric):
-    """``closed_accuracy`` under ``mc@difflib``; rows need ``options`` (list of option texts)."""
+    """``closed_accuracy`` under ``mc@difflib``; rows need ``options`` (list of option texts).
+
+    The metric keeps the paper's column name (Table 1 reports OmniMedVQA in its closed-accuracy
+    column); its ``counts`` name the rows ``mc`` (multiple choice), not ``closed``.
+    """
 
     name = "mc"
 
@@ -51,6 +55,6 @@ class MCMetrics(Metric):
                 raise ValueError(f"row {row['id']}: mc@difflib needs the sample's options")
             per_sample[row["id"]] = float(mc_hit(row.get("prediction") or "", row["answer"], options))
         result = MetricResult.from_per_sample("closed_accuracy", per_sample, protocol=self.protocol,
-                                              higher_is_better=True, counts={"errors": errors, "closed": len(good)})
+                                              higher_is_better=True, counts={"errors": errors, "mc": len(good)})
         _, result.ci = mean_and_ci(list(per_sample.values()), n_resamples=self.n_resamples, seed=self.seed)
         return {"closed_accuracy": result}
