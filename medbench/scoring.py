@@ -265,7 +265,8 @@ def score_run(run_dir: str | Path, *, samples: list[Sample] | None = None, task:
     if task is None:
         from medbench.task import open_task
 
-        task = open_task(config["task"], config.get("data_root"), run_info.get("task_version"))
+        task = open_task(config["task"], config.get("data_root"), run_info.get("task_version"),
+                         image_root=config.get("image_root"))
     if samples is None:
         samples = select_samples(task, config.get("limit") or None)  # old run.json files recorded 0 for "all"
     header, raw_rows = read_rows(run_dir / "predictions.jsonl")

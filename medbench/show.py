@@ -356,7 +356,8 @@ def show(run_dirs: Sequence[str | Path], sample_id: str, output: str | Path | No
         from medbench.task import open_task
 
         run_info = json.loads((runs[0].run_dir / "run.json").read_text(encoding="utf-8"))
-        task = open_task(runs[0].config["task"], runs[0].config.get("data_root"), run_info.get("task_version"))
+        task = open_task(runs[0].config["task"], runs[0].config.get("data_root"), run_info.get("task_version"),
+                         image_root=runs[0].config.get("image_root"))
     sample = _find_sample(task, sample_id, runs[0].config.get("limit"))
     rows = [_row(r, sample_id) for r in runs]
     frames: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}

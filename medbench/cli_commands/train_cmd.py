@@ -19,6 +19,7 @@ examples:
   medbench train --method lora --task phantom-vqa --method-args checkpoint_every=10
   torchrun --nproc-per-node 2 -m medbench train --method lora --task phantom-vqa
   accelerate launch --config_file zero2.yaml -m medbench train --method a3tune --task slake --data-root DIR
+  medbench train --method lora --task omnimedvqa --data-root /data/CARES/data/OmniMedVQA --image-root /data/OmniMedVQA
 """
 
 
@@ -26,6 +27,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a tuning method (lora, a3tune) on a task's train split",
                        epilog=EPILOG, formatter_class=formatter())
     add_run_flags(p)
+    p.add_argument("--image-root", metavar="DIR",
+                   help="a second root holding the task's images when they are not under --data-root "
+                   "(iu-xray-vqa: R2Gen's iu_xray/; omnimedvqa: the OmniMedVQA folder with Images/; "
+                   "mimic-cxr-report: the MIMIC-CXR-JPG folder with files/); overrides --config's image_root")
     p.set_defaults(func=main)
 
 
@@ -33,14 +38,16 @@ def main(args: argparse.Namespace) -> int:
     from medbench import distributed as dist
     from medbench.errors import ConfigError
     from medbench.models import load_backbone, resolve_device
-    from medbench.registry import METHODS, TASKS
-    from medbench.runner import prepare_tuning, resolve_methods
+    from medbench.registry import METHODS
+    from medbench.runner import open_run_task, prepare_tuning, resolve_methods
 
     cfg = build_run_config(args)
+    if args.image_root is not None:  # overrides --config's image_root
+        cfg.image_root = args.image_root
     if METHODS.entry(cfg.method).info["kind"] != "tuning":
         raise ConfigError(f"--method {cfg.method} is a decoding method; train takes lora or a3tune")
     res = resolve_methods(cfg)
-    task = TASKS.get(cfg.task)(data_root=cfg.data_root)
+    task = open_run_task(cfg)  # data root and image root, as `run` opens it
     device = resolve_device(cfg.device)
     launched = dist.from_env()
     if launched.parallel and cfg.device_map:
