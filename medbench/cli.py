@@ -77,8 +77,12 @@ def main(argv: list[str] | None = None) -> int:
         print("medbench: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # user-facing errors carry their own clear message
-        from medbench.errors import USER_ERRORS, exit_code
+        from medbench.errors import USER_ERRORS, exit_code, missing_extra
 
+        extra = missing_extra(exc) if isinstance(exc, ImportError) else None
+        if extra is not None:  # an optional extra (e.g. weak-labels) is not installed: a usage error
+            print(f"medbench: error: {extra}", file=sys.stderr)
+            return 2
         if isinstance(exc, USER_ERRORS):
             print(f"medbench: error: {exc}", file=sys.stderr)
             return exit_code(exc)
