@@ -49,7 +49,8 @@ def test_task_attributes() -> None:
     for cls, kind, protocol in ((PhantomVQA, "vqa", "llava_med"), (PhantomReport, "report", "coco")):
         assert cls.kind == kind and cls.metric_protocol == protocol
         assert cls.embedded and cls.version == phantom.GENERATOR_VERSION
-        assert cls.splits == ("pretrain", "train", "test")
+        assert cls.splits == ("pretrain", "train", "val", "test")
+        assert cls(version="2").splits == ("pretrain", "train", "test")
         assert (cls.eval_split, cls.train_split) == ("test", "train")
     assert (PhantomVQA.name, PhantomReport.name) == ("phantom-vqa", "phantom-report")
 
@@ -280,6 +281,24 @@ def test_the_answer_lives_in_the_roi() -> None:
                         assert not (r.masks[f"lesions_{les['slot']}"] & roi).any()
                 seen["attribute"] += 1
     assert seen["abnormal_closed"] > 10 and seen["attribute"] > 5
+
+
+def test_val_split_has_its_own_images(cache: Path) -> None:
+    """v3's ``val`` (for choosing hyperparameters) shares no image with train or test; v2 has none."""
+    task = PhantomVQA(n_images={"train": 6, "val": 6, "test": 6, "pretrain": 1})
+    assert phantom.DEFAULT_IMAGES["3"]["val"] == 150
+    pixels = {}
+    for split in ("train", "val", "test"):
+        manifest = json.loads(_manifest(task, split).read_text()) if task.load(split) else None
+        pixels[split] = {e["pixels_sha256"] for e in manifest["images"]}
+        assert len(pixels[split]) == 6
+    assert not pixels["val"] & (pixels["train"] | pixels["test"])
+    val = task.load("val")
+    assert val and all(s.split == "val" and s.id.startswith("val-") for s in val)
+    with pytest.raises(ValueError, match="has splits"):
+        PhantomVQA(version="2").load("val")
+    with pytest.raises(ValueError, match="expected positive counts"):
+        PhantomVQA(version="2", n_images={"val": 3})
 
 
 def test_version_2_stays_loadable_and_frozen(cache: Path) -> None:

@@ -10,7 +10,14 @@ generator, for old result files), :mod:`.cache` (build, verify, rebuild) and :mo
 two tasks).
 """
 
-from medbench.tasks.phantom.cache import CURRENT_VERSION, SPLITS, VERSIONS, PhantomConfig, ensure_split
+from medbench.tasks.phantom.cache import (
+    CURRENT_VERSION,
+    SPLITS,
+    SPLITS_BY_VERSION,
+    VERSIONS,
+    PhantomConfig,
+    ensure_split,
+)
 from medbench.tasks.phantom.common import QA, REPORT_PROMPTS
 from medbench.tasks.phantom.tasks import DEFAULT_IMAGES, QUESTIONS_PER_IMAGE, PhantomReport, PhantomVQA
 
@@ -18,5 +25,5 @@ GENERATOR_VERSION = CURRENT_VERSION
 
 __all__ = [
     "CURRENT_VERSION", "DEFAULT_IMAGES", "GENERATOR_VERSION", "QA", "QUESTIONS_PER_IMAGE", "REPORT_PROMPTS",
-    "SPLITS", "VERSIONS", "PhantomConfig", "PhantomReport", "PhantomVQA", "ensure_split",
+    "SPLITS", "SPLITS_BY_VERSION", "VERSIONS", "PhantomConfig", "PhantomReport", "PhantomVQA", "ensure_split",
 ]

@@ -41,7 +41,10 @@ log = logging.getLogger(__name__)
 
 VERSIONS = ("2", "3")
 CURRENT_VERSION = "3"
-SPLITS = ("pretrain", "train", "test")
+SPLITS = ("pretrain", "train", "val", "test")
+#: The splits each generator version has: v3 adds ``val`` (its own image stream, for choosing
+#: hyperparameters without touching test); the frozen v2 keeps the three it was released with.
+SPLITS_BY_VERSION = {"2": ("pretrain", "train", "test"), "3": SPLITS}
 STALE_BUILD_S = 6 * 3600
 
 

@@ -11,6 +11,7 @@ from medbench.task import Task
 from medbench.tasks.phantom.cache import (
     CURRENT_VERSION,
     SPLITS,
+    SPLITS_BY_VERSION,
     VERSIONS,
     PhantomConfig,
     ensure_split,
@@ -20,7 +21,7 @@ from medbench.types import AnswerType, RoI, Sample
 
 DEFAULT_IMAGES: dict[str, dict[str, int]] = {  # images per split, by generator version
     "2": {"pretrain": 2000, "train": 500, "test": 200},
-    "3": {"pretrain": 2000, "train": 600, "test": 250},
+    "3": {"pretrain": 2000, "train": 600, "val": 150, "test": 250},
 }
 QUESTIONS_PER_IMAGE = 3
 
@@ -57,9 +58,10 @@ class _PhantomTask(Task):
         if str(version) not in VERSIONS:
             raise ValueError(f"phantom version must be one of {', '.join(VERSIONS)}, got {version!r}")
         sizes = dict(DEFAULT_IMAGES[str(version)])
+        self.splits = SPLITS_BY_VERSION[str(version)]
         for split, n in (n_images or {}).items():
-            if split not in SPLITS or int(n) < 1:
-                raise ValueError(f"n_images: expected positive counts for {SPLITS}, got {split!r}={n!r}")
+            if split not in self.splits or int(n) < 1:
+                raise ValueError(f"n_images: expected positive counts for {self.splits}, got {split!r}={n!r}")
             sizes[split] = int(n)
         if questions_per_image < 1 or verify not in ("full", "size"):
             raise ValueError("questions_per_image must be >= 1 and verify 'full' or 'size'")
