@@ -34,3 +34,13 @@ def random_backbone():
     model.eval()
     attention.install(model)
     return Backbone(model, processor, TINY, checkpoint_id="random-test")
+
+
+@pytest.fixture(scope="session")
+def phantom_v3_probes():
+    """The probes of phantom-vqa v3 (majority, question prior, text, location-blind, RoI-only), run once
+    per session: the benchmark's gates and the shipped model's gates both compare against them."""
+    from medbench.probe import run_probes
+    from medbench.tasks.phantom import PhantomVQA
+
+    return run_probes(PhantomVQA(), progress=False)

@@ -229,12 +229,10 @@ def test_cli_on_slake_roi_subset(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "questions with an RoI only" in capsys.readouterr().out
 
 
-def test_phantom_vqa_probe_gates() -> None:
+def test_phantom_vqa_probe_gates(phantom_v3_probes) -> None:
     """The embedded benchmark's gates: the answer needs the RoI (closed questions against the
     majority rate, open questions against the question prior)."""
-    from medbench.tasks.phantom import PhantomVQA
-
-    report = run_probes(PhantomVQA(), progress=False)
+    report = phantom_v3_probes
     for block, baseline in ((report.closed, "majority"), (report.open, "question_prior")):
         table = json.dumps(block.to_json(), indent=1)
         scores = block.overall
