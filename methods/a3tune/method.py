@@ -89,7 +89,7 @@ class A3Tune(TuningMethod):
         if p.labels == "gt":
             return {"labels": "gt", "grid_rule": p.grid_rule}
         segmenter, scorer = auto_backends(task, p.segmenter, p.scorer)
-        spec = {"labels": "weak", "segmenter": segmenter, "scorer": scorer, "query": p.query, "top_k": res.top_k,
+        spec = {"labels": p.labels, "segmenter": segmenter, "scorer": scorer, "query": p.query, "top_k": res.top_k,
                 "grid_rule": p.grid_rule}
         if scorer == "clip_small":
             from medbench.methods.a3tune.scorers import default_scorer_dir
@@ -125,15 +125,18 @@ class A3Tune(TuningMethod):
                           target_modules=target_modules(p.qmoe, p.kmoe), bias="none")
 
     # ---- labels ----------------------------------------------------------------------------
-    def build_labels(self, backbone: Any, task: Any, samples: list[Any], res: Resolved, progress: bool = True) -> Any:
-        """Grid segments of the training samples (``labels=weak|gt``)."""
-        from medbench.methods.a3tune.weak_labels import gt_labels, weak_labels
+    def build_labels(self, backbone: Any, task: Any, samples: list[Any], res: Resolved, progress: bool = True,
+                     seed: int = 0) -> Any:
+        """Grid segments of the training samples (``labels=weak|gt|random``; ``random`` moves every weak
+        segment to a random place, seeded by ``seed`` and the sample id: the control for what the labels' places are worth)."""
+        from medbench.methods.a3tune.weak_labels import gt_labels, random_labels, weak_labels
 
         geometry = backbone.geometry()
         if self.params.labels == "gt":
             return gt_labels(samples, geometry, self.params.grid_rule)
-        return weak_labels(self.labeler(task, backbone, progress), task.name, task.train_split, samples, geometry,
+        weak = weak_labels(self.labeler(task, backbone, progress), task.name, task.train_split, samples, geometry,
                            res.top_k, self.params.grid_rule)
+        return random_labels(weak, int(geometry["grid_size"]), seed) if self.params.labels == "random" else weak
 
     def labeler(self, task: Any, backbone: Any = None, progress: bool = True) -> Any:
         from medbench.methods.a3tune.scorers import make_scorer
@@ -172,7 +175,7 @@ class A3Tune(TuningMethod):
         if p.top_heads is not None and p.top_heads > res.total_heads:
             log.warning("top_heads=%s exceeds the backbone's %d heads; using R=%d", p.top_heads, res.total_heads,
                         res.top_heads)
-        labels = main_first(lambda: self.build_labels(backbone, task, samples, res)) if res.aligns else None
+        labels = main_first(lambda: self.build_labels(backbone, task, samples, res, seed=seed)) if res.aligns else None
         spec = self.moe_spec(res, backbone)
         trainer = self.trainer_settings(backbone)
         steps = checkpointing(self, backbone, task, out_dir, seed)

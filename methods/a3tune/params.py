@@ -88,7 +88,7 @@ class A3TuneParams(LoRAParams):
     align_rows: Literal["post_image", "answer"] = "post_image"
     align_norm: Literal["sum", "mean"] = "sum"
     # weak labels (§4.1)
-    labels: Literal["weak", "gt"] = "weak"
+    labels: Literal["weak", "gt", "random"] = "weak"
     top_k: int | None = None
     segmenter: str = "auto"
     scorer: str = "auto"

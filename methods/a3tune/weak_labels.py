@@ -204,3 +204,30 @@ def weak_labels(labeler: WeakLabeler, task_name: str, split: str, samples: list[
         proposals = labeler.segments(s.image_path) if chosen else []
         grids[s.id] = grid_segments([proposals[i].mask for i in chosen], geometry, rule)
     return LabelSet(grids, "weak", labeler.label_fp)
+
+
+def moved_segment(segment: np.ndarray, grid: int, rng: np.random.Generator) -> np.ndarray:
+    """``segment`` [G·G] translated to a uniformly drawn place where its bounding box fits whole:
+    the same shape and size, somewhere else (possibly where it was)."""
+    cells = segment.reshape(grid, grid)
+    rows, cols = np.nonzero(cells)
+    if rows.size == 0:
+        return segment.copy()
+    box = cells[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    top = int(rng.integers(0, grid - box.shape[0] + 1))
+    left = int(rng.integers(0, grid - box.shape[1] + 1))
+    out = np.zeros((grid, grid), dtype=bool)
+    out[top:top + box.shape[0], left:left + box.shape[1]] = box
+    return out.reshape(-1)
+
+
+def random_labels(weak: LabelSet, grid: int, seed: int) -> LabelSet:
+    """Label source ``random``: each sample's weak segments, each moved to a random place on the grid
+    (:func:`moved_segment`; same count, shapes and sizes), drawn from ``seed`` and the sample id."""
+    from medbench.hashing import sha256_text
+
+    grids = {}
+    for sample_id, segments in weak.grids.items():
+        rng = np.random.default_rng([seed, int(sha256_text(sample_id)[:12], 16)])
+        grids[sample_id] = np.stack([moved_segment(s, grid, rng) for s in segments]) if len(segments) else segments
+    return LabelSet(grids, "random", weak.label_fp)
