@@ -180,6 +180,26 @@ def test_bench_decode_with_shape(capsys: pytest.CaptureFixture[str]) -> None:
                "--batch-sizes", "2", "--max-new-tokens", "2", "--device", "cpu", "--json"])
     out = json.loads(capsys.readouterr().out)
     assert rc == 0 and out["model"] == "shape:llava-med-v1.5:tiny" and out["rows"][0]["batch_size"] == 2
+    assert (out["warmup"], out["repeats"], out["statistic"]) == (1, 3, "median")
+
+
+def test_bench_decode_interleaves_and_reports_ratios() -> None:
+    """Every (method, batch size) is timed ``repeats`` times; ratios are against the first method."""
+    from medbench.bench import bench_decode
+
+    out = bench_decode("tiny-med-llava", methods=("greedy", "vcd"), batch_sizes=(1, 2), n_samples=2,
+                       max_new_tokens=2, device="cpu", repeats=2, warmup=0, shape="llava-med-v1.5",
+                       shape_scale="tiny")
+    rows = {(r["method"], r["batch_size"]): r for r in out["rows"]}
+    assert set(rows) == {("greedy", 1), ("greedy", 2), ("vcd", 1), ("vcd", 2)}
+    assert rows[("greedy", 1)]["speedup_vs_bs1"] == 1.0
+    assert rows[("greedy", 1)]["token_time_vs_first"] == rows[("greedy", 2)]["token_time_vs_first"] == 1.0
+    for r in rows.values():
+        assert r["spread"] >= 1.0 and r["samples"] == 2
+    vcd = rows[("vcd", 2)]
+    assert vcd["token_time_vs_first"] == round(vcd["ms_per_token"] / rows[("greedy", 2)]["ms_per_token"], 3)
+    with pytest.raises(ValueError, match="repeats"):
+        bench_decode(repeats=0)
 
 
 def test_device_map_auto_loads_dispatched_and_decodes_the_same(hf_v15: Path) -> None:

@@ -32,9 +32,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rounds", type=int, default=2, help="times the configurations take turns (train)")
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS),
                    help="training configurations side by side (train; ratios are against lora)")
-    p.add_argument("--samples", type=int, default=32)
+    p.add_argument("--samples", type=int, default=64, help="decode: evaluation samples per timed pass")
     p.add_argument("--max-new-tokens", type=int, default=16)
-    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=3,
+                   help="decode: timed passes per configuration, taking turns across configurations (median reported)")
+    p.add_argument("--warmup", type=int, default=1, help="decode: untimed passes per configuration first")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--shape", choices=["llava-med-v1", "llava-med-v1.5", "huatuogpt-vision-7b"],
                    help="bench a random-weight model of this real architecture and size instead of --model")
@@ -53,7 +55,8 @@ def main(args: argparse.Namespace) -> int:
 
     if args.what == "decode":
         out = bench_decode(args.model, args.task, tuple(args.methods), tuple(args.batch_sizes), args.samples,
-                           args.max_new_tokens, args.device, args.repeats, args.shape, args.shape_scale)
+                           args.max_new_tokens, args.device, args.repeats, args.shape, args.shape_scale,
+                           warmup=args.warmup, progress=not args.quiet)
         rows = out["rows"]
     else:
         out = bench_train(args.model, args.task, args.batch_size, args.steps, device=args.device, shape=args.shape,
