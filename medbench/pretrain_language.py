@@ -16,8 +16,9 @@ tokens, averaged within each answer and then over answers, so a report counts as
 
 Plus a **grounding loss** on one attention head (``grounding_layer``, ``grounding_head``): at the
 position each question's answer is read from (its last prompt token), ``−log`` of that head's
-attention mass on the question's RoI cells (the task's RoI mask on the token grid, ``area50_max``;
-questions about the whole image are not grounded), weighted ``grounding_weight``. Without it the
+attention mass on the question's RoI cells (every cell the task's RoI mask touches: a lesion at
+an organ's edge lies in a cell the organ covers only in part; questions about the whole image are
+not grounded), weighted ``grounding_weight``. Without it the
 answer loss alone left closed-question accuracy at the yes/no prior for as long as we could train
 on CPU (the v1 recipe for 800 steps, this stage for 100): finding the asked-about cells among 64 is
 the hard part to learn, and the mask says where they are, as grounded instruction data (boxes,
@@ -44,6 +45,7 @@ import numpy as np
 import torch
 
 from medbench import attention
+from medbench.geometry import GRID_RULES
 
 log = logging.getLogger("medbench")
 
@@ -69,6 +71,8 @@ class LanguagePretrainConfig:
     grounding_weight: float = 0.5
     grounding_layer: int = 1
     grounding_head: int = 0
+    grounding_rule: str = "any"
+    first_token_weight: float = 0.5
     init_from: str | None = None
     checkpoint_every: int = 100
 
@@ -103,17 +107,17 @@ class EncodedConversation:
     cells: list[np.ndarray | None]
 
 
-def roi_cells(mask: np.ndarray, geometry: dict[str, Any]) -> np.ndarray | None:
-    """The grid cells of a question's RoI (area50_max rule), or ``None`` when it is empty or spans more
-    than :data:`MAX_GROUNDED_CELLS` cells (image-level questions are not grounded)."""
+def roi_cells(mask: np.ndarray, geometry: dict[str, Any], rule: str = "any") -> np.ndarray | None:
+    """The grid cells of a question's RoI (:data:`medbench.geometry.GRID_RULES`), or ``None`` when it is
+    empty or spans more than :data:`MAX_GROUNDED_CELLS` cells (image-level questions are not grounded)."""
     from medbench.geometry import mask_to_grid
 
-    cells = mask_to_grid(mask, geometry, "area50_max")
+    cells = mask_to_grid(mask, geometry, rule)
     return cells if 0 < cells.sum() <= MAX_GROUNDED_CELLS else None
 
 
 def conversations(data_seed: int, n: int, questions_per_image: int, report_fraction: float,
-                  geometry: dict[str, Any], progress: bool, split: str = "pretrain",
+                  geometry: dict[str, Any], progress: bool, split: str = "pretrain", rule: str = "any",
                   ) -> tuple[list[np.ndarray], list[Conversation]]:
     """Render the first ``n`` images of ``split`` in memory: pixels and the conversations of those with
     at least one turn (``Conversation.image`` indexes the pixels)."""
@@ -126,7 +130,7 @@ def conversations(data_seed: int, n: int, questions_per_image: int, report_fract
     for index in tqdm(range(n), desc=f"render {split} images", unit="img",
                       disable=not (progress and progress_bars_enabled())):
         rendered = v3.render(data_seed, split, index, questions_per_image)
-        turns = [Turn(qa.question, qa.answer, qa.answer_type.value, roi_cells(rendered.masks[qa.roi], geometry))
+        turns = [Turn(qa.question, qa.answer, qa.answer_type.value, roi_cells(rendered.masks[qa.roi], geometry, rule))
                  for _, qa in rendered.questions]
         if random.Random(f"report:{data_seed}:{index}").random() < report_fraction:
             turns.append(Turn(rendered.report_prompt, rendered.report, "report"))
@@ -196,8 +200,17 @@ class LanguageBatch:
     """[B, T, G·G] RoI cells of each read (all false: not grounded, or padding)."""
 
 
-def make_batch(backbone: Any, encoded: list[EncodedConversation]) -> LanguageBatch:
-    """Right-padded ids with answer labels and per-token weights ``1 / (len(answer) · answers in batch)``."""
+def answer_token_weights(length: int, first: float) -> list[float]:
+    """One answer's token weights (sum 1): ``first`` on its first token — where a closed answer is
+    decided, whether "yes" is one token or two — and the rest spread evenly over the others."""
+    if length == 1:
+        return [1.0]
+    return [first] + [(1.0 - first) / (length - 1)] * (length - 1)
+
+
+def make_batch(backbone: Any, encoded: list[EncodedConversation], first_token_weight: float = 0.5) -> LanguageBatch:
+    """Right-padded ids with answer labels and per-token weights: every answer weighs
+    ``1 / answers in batch``, split over its tokens by :func:`answer_token_weights`."""
     width = max(len(e.ids) for e in encoded)
     n = len(encoded)
     turns = max(len(e.reads) for e in encoded)
@@ -214,7 +227,8 @@ def make_batch(backbone: Any, encoded: list[EncodedConversation]) -> LanguageBat
         labels[row, :len(e.labels)] = torch.tensor(e.labels)
         mask[row, :len(e.ids)] = 1
         lengths = np.bincount([a for a in e.answer_of if a >= 0], minlength=len(e.reads))
-        weight[row, :len(e.ids)] = torch.tensor([1.0 / (lengths[a] * answers) if a >= 0 else 0.0
+        per_answer = {a: iter(answer_token_weights(int(n), first_token_weight)) for a, n in enumerate(lengths) if n}
+        weight[row, :len(e.ids)] = torch.tensor([next(per_answer[a]) / answers if a >= 0 else 0.0
                                                  for a in e.answer_of])
         reads[row] = e.reads[0]
         reads[row, :len(e.reads)] = torch.tensor(e.reads)
@@ -350,6 +364,8 @@ def pretrain_language(output: str | Path, config: LanguagePretrainConfig = Langu
 
     if not config.init_from:
         raise ValueError("the language stage starts from a checkpoint (the vision stage's output): give init_from")
+    if config.grounding_rule not in GRID_RULES or not 0.0 < config.first_token_weight <= 1.0:
+        raise ValueError(f"grounding_rule must be one of {GRID_RULES} and first_token_weight in (0, 1]")
     if config.images < config.batch_size:
         raise ValueError(f"images={config.images} must be at least batch_size={config.batch_size}")
     from medbench.backbones.tiny import CURRENT_VERSION, require_version
@@ -386,7 +402,7 @@ def pretrain_language(output: str | Path, config: LanguagePretrainConfig = Langu
         log.warning("resuming the language stage at step %d of %d", start, total)
     geometry = backbone.geometry()
     images, convs = conversations(config.data_seed, config.images, config.questions_per_image,
-                                  config.report_fraction, geometry, progress)
+                                  config.report_fraction, geometry, progress, rule=config.grounding_rule)
     features = tower_features(model, backbone, images, progress)
     held_images, held = conversations(config.data_seed, config.heldout_images, config.questions_per_image, 0.0,
                                       geometry, False, split="train")
@@ -406,7 +422,8 @@ def pretrain_language(output: str | Path, config: LanguagePretrainConfig = Langu
     for step in range(start, total):
         batch = make_batch(backbone, [
             encode_conversation(backbone, convs[k].image, turn_order(config.seed, epoch, convs[k].image, convs[k].turns))
-            for epoch, k in step_conversations(step, config.batch_size, len(convs), config.seed)])
+            for epoch, k in step_conversations(step, config.batch_size, len(convs), config.seed)],
+            config.first_token_weight)
         optimizer.zero_grad(set_to_none=True)
         request = attention.CaptureRequest(
             query_positions=batch.reads, per_head=True, layers={layer},

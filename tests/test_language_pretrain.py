@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from medbench.pretrain_language import (
     IGNORE,
     Turn,
+    answer_token_weights,
     encode_conversation,
     followup_prompt,
     grounding_loss,
@@ -65,11 +66,16 @@ def test_batch_weights_each_answer_equally(random_backbone):
     batch = make_batch(b, encoded)
     assert batch.input_ids.shape[0] == 2 and batch.reads.shape == (2, 3)
     assert math.isclose(float(batch.answer_weight.sum()), 1.0, rel_tol=1e-6)
-    # four answers in the batch: each answer's tokens sum to 1/4, whatever its length
+    # four answers in the batch: each answer's tokens sum to 1/4, whatever its length, half of it on
+    # the first token (where "yes"/"no" is decided)
     for row, e in enumerate(encoded):
         for k in range(len(e.reads)):
             positions = [i for i, a in enumerate(e.answer_of) if a == k]
             assert math.isclose(float(batch.answer_weight[row, positions].sum()), 0.25, rel_tol=1e-6)
+            if len(positions) > 1:
+                assert math.isclose(float(batch.answer_weight[row, positions[0]]), 0.125, rel_tol=1e-6)
+    assert answer_token_weights(1, 0.5) == [1.0] and answer_token_weights(3, 0.5) == [0.5, 0.25, 0.25]
+    assert answer_token_weights(2, 1.0) == [1.0, 0.0]
     assert batch.read_cells[0, 0].sum() == 2 and not batch.read_cells[0, 1:].any()
     assert not batch.read_cells[1].any() or batch.read_cells[1, 0].sum() == 2
     assert batch.reads[1, 1] == batch.reads[1, 0]  # padding repeats the first read
