@@ -72,7 +72,7 @@ class LanguagePretrainConfig:
     grounding_layer: int = 1
     grounding_head: int = 0
     grounding_rule: str = "any"
-    first_token_weight: float = 0.5
+    first_token_weight: float | None = 0.5
     init_from: str | None = None
     checkpoint_every: int = 100
 
@@ -200,15 +200,19 @@ class LanguageBatch:
     """[B, T, G·G] RoI cells of each read (all false: not grounded, or padding)."""
 
 
-def answer_token_weights(length: int, first: float) -> list[float]:
+def answer_token_weights(length: int, first: float | None) -> list[float]:
     """One answer's token weights (sum 1): ``first`` on its first token — where a closed answer is
-    decided, whether "yes" is one token or two — and the rest spread evenly over the others."""
+    decided, whether "yes" is one token or two — and the rest spread evenly over the others
+    (``None``: every token alike, ``1 / length``)."""
+    if first is None:
+        return [1.0 / length] * length
     if length == 1:
         return [1.0]
     return [first] + [(1.0 - first) / (length - 1)] * (length - 1)
 
 
-def make_batch(backbone: Any, encoded: list[EncodedConversation], first_token_weight: float = 0.5) -> LanguageBatch:
+def make_batch(backbone: Any, encoded: list[EncodedConversation],
+               first_token_weight: float | None = 0.5) -> LanguageBatch:
     """Right-padded ids with answer labels and per-token weights: every answer weighs
     ``1 / answers in batch``, split over its tokens by :func:`answer_token_weights`."""
     width = max(len(e.ids) for e in encoded)
@@ -364,8 +368,9 @@ def pretrain_language(output: str | Path, config: LanguagePretrainConfig = Langu
 
     if not config.init_from:
         raise ValueError("the language stage starts from a checkpoint (the vision stage's output): give init_from")
-    if config.grounding_rule not in GRID_RULES or not 0.0 < config.first_token_weight <= 1.0:
-        raise ValueError(f"grounding_rule must be one of {GRID_RULES} and first_token_weight in (0, 1]")
+    if config.grounding_rule not in GRID_RULES or not (
+            config.first_token_weight is None or 0.0 < config.first_token_weight <= 1.0):
+        raise ValueError(f"grounding_rule must be one of {GRID_RULES} and first_token_weight in (0, 1] or None")
     if config.images < config.batch_size:
         raise ValueError(f"images={config.images} must be at least batch_size={config.batch_size}")
     from medbench.backbones.tiny import CURRENT_VERSION, require_version

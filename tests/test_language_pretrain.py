@@ -75,7 +75,7 @@ def test_batch_weights_each_answer_equally(random_backbone):
             if len(positions) > 1:
                 assert math.isclose(float(batch.answer_weight[row, positions[0]]), 0.125, rel_tol=1e-6)
     assert answer_token_weights(1, 0.5) == [1.0] and answer_token_weights(3, 0.5) == [0.5, 0.25, 0.25]
-    assert answer_token_weights(2, 1.0) == [1.0, 0.0]
+    assert answer_token_weights(2, 1.0) == [1.0, 0.0] and answer_token_weights(4, None) == [0.25] * 4
     assert batch.read_cells[0, 0].sum() == 2 and not batch.read_cells[0, 1:].any()
     assert not batch.read_cells[1].any() or batch.read_cells[1, 0].sum() == 2
     assert batch.reads[1, 1] == batch.reads[1, 0]  # padding repeats the first read
@@ -150,6 +150,10 @@ def test_language_stage_cli_needs_a_starting_checkpoint(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["pretrain", "--stage", "language", "--output", "o"])
     assert exc.value.code == 2 and "--init-from" in capsys.readouterr().err
+    for bad in ("0", "1.5", "half"):
+        with pytest.raises(SystemExit) as exc:
+            main(["pretrain", "--stage", "language", "--output", "o", "--init-from", "i", "--first-token-weight", bad])
+        assert exc.value.code == 2 and "--first-token-weight" in capsys.readouterr().err
 
 
 def test_checkpoint_versions_are_checked_and_named(random_backbone, tmp_path):

@@ -45,6 +45,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", type=int,
                    help="vision/language stage: pool of pretrain images rendered in memory once and cycled "
                    "(default 4000; vision: 0 renders fresh images every step)")
+    p.add_argument("--grounding-rule", default="any", choices=["any", "area50_max", "area50", "nearest_ref"],
+                   help="language stage: which token cells of a question's RoI the grounding head is pulled to")
+    p.add_argument("--first-token-weight", default="0.5",
+                   help="language stage: share of each answer's loss on its first token ('equal': 1/length each)")
     p.add_argument("--heldout-images", type=int, default=200,
                    help="language stage: phantom train images whose closed questions are scored at every checkpoint")
     p.add_argument("--grounding-weight", type=float, default=0.5,
@@ -89,11 +93,19 @@ def main(args: argparse.Namespace) -> int:
 
         if not args.init_from:
             args.pretrain_parser.error("--stage language needs --init-from DIR (the vision stage's output)")
+        try:
+            first_token_weight = None if args.first_token_weight == "equal" else float(args.first_token_weight)
+        except ValueError:
+            args.pretrain_parser.error(f"--first-token-weight takes a number in (0, 1] or 'equal', "
+                                       f"got {args.first_token_weight!r}")
+        if first_token_weight is not None and not 0.0 < first_token_weight <= 1.0:
+            args.pretrain_parser.error(f"--first-token-weight must be in (0, 1], got {first_token_weight}")
         if images < batch_size:
             args.pretrain_parser.error(f"--images {images} must be at least --batch-size {batch_size}")
         record = pretrain_language(args.output, LanguagePretrainConfig(
             steps=steps, batch_size=batch_size, lr=lr, seed=args.seed, init_from=args.init_from, images=images,
             grounding_weight=args.grounding_weight, heldout_images=args.heldout_images,
+            grounding_rule=args.grounding_rule, first_token_weight=first_token_weight,
             checkpoint_every=every), progress=not args.quiet)
         record.pop("curves")
     elif args.stage == "vision":
