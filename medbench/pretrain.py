@@ -101,8 +101,12 @@ def pretrain(output: str | Path, config: PretrainConfig = PretrainConfig(), prog
     output.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output, safe_serialization=True)
     processor.save_pretrained(output)
+    from medbench.backbones.tiny import checkpoint_version
+
+    # a frozen tower keeps its version (the dense v2 tower stays v2); otherwise this is the v1 recipe
+    version = checkpoint_version(config.init_from) if config.init_from and config.freeze_vision else 1
     record = {
-        "config": asdict(config), "wall_seconds": round(time.time() - started, 1),
+        "stage": "lm", "model_version": version, "config": asdict(config), "wall_seconds": round(time.time() - started, 1),
         "parameters": sum(p.numel() for p in model.parameters()),
         "train_samples": len(mixed), "final_loss": sum(losses[-50:]) / len(losses[-50:]),
         "loss_curve": [round(sum(losses[i:i + 50]) / len(losses[i:i + 50]), 4) for i in range(0, len(losses), 50)],

@@ -226,3 +226,20 @@ def test_language_stage_trains_projector_and_lm_and_resumes_bitwise(random_backb
     assert record_again["curves"] == record["curves"] and record_again["resumed_at_step"] >= 2
     assert record_again["heldout"] == record["heldout"]
 
+
+
+@pytest.mark.slow
+def test_lm_stage_on_a_frozen_v2_tower_stays_v2(random_backbone, tmp_path):
+    """The recipe's second command (v1 lm stage with --freeze-vision on the dense tower) keeps v2, so
+    the language stage accepts its output."""
+    from medbench.backbones.tiny import checkpoint_version
+    from medbench.pretrain import PretrainConfig, pretrain
+
+    start = tmp_path / "vision"
+    random_backbone.model.save_pretrained(start)
+    random_backbone.processor.save_pretrained(start)
+    (start / "pretrain.json").write_text(json.dumps({"stage": "vision", "model_version": 2}))
+    out = tmp_path / "aligned"
+    record = pretrain(out, PretrainConfig(steps=1, batch_size=2, init_from=str(start), freeze_vision=True,
+                                          checkpoint_every=0), progress=False)
+    assert record["stage"] == "lm" and record["model_version"] == 2 and checkpoint_version(out) == 2
