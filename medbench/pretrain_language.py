@@ -49,7 +49,6 @@ from medbench.geometry import GRID_RULES
 
 log = logging.getLogger("medbench")
 
-CURVE_EVERY = 25
 IGNORE = -100
 #: Questions whose RoI spans more grid cells than this (whole-image questions) are not grounded.
 MAX_GROUNDED_CELLS = 16
@@ -349,11 +348,6 @@ def _run_key(config: LanguagePretrainConfig, named: dict[str, torch.Tensor]) -> 
                        "params": {n: list(p.shape) for n, p in named.items()}})
 
 
-def _curve(values: list[float]) -> list[float]:
-    return [round(sum(values[i:i + CURVE_EVERY]) / len(values[i:i + CURVE_EVERY]), 4)
-            for i in range(0, len(values), CURVE_EVERY)]
-
-
 def pretrain_language(output: str | Path, config: LanguagePretrainConfig = LanguagePretrainConfig(),
                       progress: bool = True) -> dict[str, Any]:
     """Train projector and language model on frozen-tower features; save the model and ``pretrain.json``."""
@@ -363,7 +357,7 @@ def pretrain_language(output: str | Path, config: LanguagePretrainConfig = Langu
     from medbench.backbones.base import Backbone
     from medbench.backbones.templates import TINY
     from medbench.console import progress_bars_enabled
-    from medbench.pretrain_vision import start_model
+    from medbench.pretrain_vision import CURVE_EVERY, curve, save_step, start_model
     from medbench.vision_targets import PHANTOM_VERSION, generator_source
 
     if not config.init_from:
@@ -452,11 +446,7 @@ def pretrain_language(output: str | Path, config: LanguagePretrainConfig = Langu
                         closed=f"{curves['heldout_closed_accuracy'][-1]:.3f}")
         if config.checkpoint_every > 0 and (done % config.checkpoint_every == 0 or done == total):
             heldout(done)
-            folder = train_state.step_dir(state_dir, done)
-            folder.mkdir(parents=True, exist_ok=True)
-            train_state.write_rng(folder, 0)
-            train_state.write_checkpoint(state_dir, key, train_state.TrainState(
-                done, [], random.Random(config.seed).getstate(), [], extra=curves), named, optimizer, scheduler)
+            save_step(state_dir, key, done, config.seed, curves, named, optimizer, scheduler)
     bar.close()
     model.eval()
     if curves["heldout_step"][-1] != total:
@@ -477,7 +467,7 @@ def pretrain_language(output: str | Path, config: LanguagePretrainConfig = Langu
         "heldout": {"split": "train", "images": config.heldout_images,
                     "closed_questions": sum(t.kind == "closed" for c in held for t in c.turns),
                     "steps": curves["heldout_step"], "closed_accuracy": curves["heldout_closed_accuracy"]},
-        "curve_every": CURVE_EVERY, "curves": {k: _curve(curves[k]) for k in ("loss", "answer", "grounding")},
+        "curve_every": CURVE_EVERY, "curves": {k: curve(curves[k]) for k in ("loss", "answer", "grounding")},
     }
     previous = Path(config.init_from) / "pretrain.json"
     if previous.exists():

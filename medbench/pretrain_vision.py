@@ -181,7 +181,20 @@ def _run_key(config: VisionPretrainConfig, named: dict[str, torch.Tensor]) -> st
                        "params": {n: list(p.shape) for n, p in named.items()}})
 
 
-def _curve(values: list[float]) -> list[float]:
+def save_step(state_dir: Path, key: str, done: int, seed: int, curves: dict[str, list[float]],
+              named: dict[str, torch.Tensor], optimizer: Any, scheduler: Any) -> None:
+    """A single-process stage's step checkpoint: its curves ride in the state's ``extra``."""
+    from medbench import train_state
+
+    folder = train_state.step_dir(state_dir, done)
+    folder.mkdir(parents=True, exist_ok=True)
+    train_state.write_rng(folder, 0)
+    train_state.write_checkpoint(state_dir, key, train_state.TrainState(
+        done, [], random.Random(seed).getstate(), [], extra=curves), named, optimizer, scheduler)
+
+
+def curve(values: list[float]) -> list[float]:
+    """Means of consecutive ``CURVE_EVERY``-step windows, for ``pretrain.json``."""
     return [round(sum(values[i:i + CURVE_EVERY]) / len(values[i:i + CURVE_EVERY]), 4)
             for i in range(0, len(values), CURVE_EVERY)]
 
@@ -248,11 +261,7 @@ def pretrain_vision(output: str | Path, config: VisionPretrainConfig = VisionPre
                         lesion=f"{sum(curves['lesion'][-20:]) / len(curves['lesion'][-20:]):.3f}")
         done = step + 1
         if config.checkpoint_every > 0 and (done % config.checkpoint_every == 0 or done == total):
-            folder = train_state.step_dir(state_dir, done)
-            folder.mkdir(parents=True, exist_ok=True)
-            train_state.write_rng(folder, 0)
-            train_state.write_checkpoint(state_dir, key, train_state.TrainState(
-                done, [], random.Random(config.seed).getstate(), [], extra=curves), named, optimizer, scheduler)
+            save_step(state_dir, key, done, config.seed, curves, named, optimizer, scheduler)
     bar.close()
     model.eval()
     output.mkdir(parents=True, exist_ok=True)
@@ -266,7 +275,7 @@ def pretrain_vision(output: str | Path, config: VisionPretrainConfig = VisionPre
         "phantom_source": generator_source()[:16],
         "torch_threads": torch.get_num_threads(),
         "final_losses": {k: round(sum(v[-50:]) / max(1, len(v[-50:])), 4) for k, v in curves.items()},
-        "curve_every": CURVE_EVERY, "curves": {k: _curve(v) for k, v in curves.items()},
+        "curve_every": CURVE_EVERY, "curves": {k: curve(v) for k, v in curves.items()},
     }
     if config.init_from:
         previous = Path(config.init_from) / "pretrain.json"
