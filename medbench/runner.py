@@ -55,6 +55,7 @@ class RunConfig:
     clinical_python: str | None = None
     progress: bool = True
     shard: str | None = None
+    split: str | None = None  # evaluate another split than the task's test split (e.g. val)
 
 
 @dataclass
@@ -138,11 +139,27 @@ def run_dir_for(cfg: RunConfig, res: Resolved) -> Path:
     tuning_args = _changed_params(res.tuning, res.tuning_args) if res.tuning_args else {}
     if decoding_args or tuning_args:
         suffix = "-" + sha256_obj({"d": decoding_args, "t": tuning_args})[:8]
-    return Path(cfg.output_dir) / model_name / cfg.task / f"{res.tuning}+{res.decoding}{suffix}"
+    split = f"@{cfg.split}" if cfg.split else ""
+    return Path(cfg.output_dir) / model_name / cfg.task / f"{res.tuning}+{res.decoding}{suffix}{split}"
 
 
-def select_samples(task: Any, limit: int | None) -> list[Sample]:
-    samples = sorted(task.load(task.eval_split), key=lambda s: s.id)
+def eval_split(task: Any, split: str | None) -> str:
+    """The split a run decodes: the task's test split, or ``split`` (e.g. ``val`` to choose
+    hyperparameters without looking at test). The training split is refused: a tuned model scored
+    on its own training data measures memory, not the method."""
+    if split is None or split == task.eval_split:
+        return task.eval_split
+    splits = tuple(getattr(task, "splits", ()))
+    if split not in splits:
+        raise ConfigError(f"task {task.name} has no split {split!r}; its splits are {', '.join(splits)}")
+    if split == task.train_split or split == "pretrain":
+        raise ConfigError(f"--split {split}: that is a split methods are trained on; evaluate on "
+                          f"{', '.join(s for s in splits if s not in (task.train_split, 'pretrain'))}")
+    return split
+
+
+def select_samples(task: Any, limit: int | None, split: str | None = None) -> list[Sample]:
+    samples = sorted(task.load(eval_split(task, split)), key=lambda s: s.id)
     ids = [s.id for s in samples]
     if len(set(ids)) != len(ids):
         raise ValueError(f"task {task.name} has duplicate sample ids")
@@ -251,7 +268,10 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     res = resolve_methods(cfg)
     task = open_run_task(cfg)
     decoder = METHODS.get(res.decoding)(**res.decoding_args)
-    samples = select_samples(task, cfg.limit)
+    split = eval_split(task, cfg.split)
+    if cfg.split == task.eval_split:
+        cfg = dataclasses.replace(cfg, split=None)  # the default split, spelled out: one run, one directory
+    samples = select_samples(task, cfg.limit, split)
     decoder.check_samples(samples)
     device = resolve_device(cfg.device)
     if device == "cuda" and info.source == "env":
@@ -275,7 +295,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     geometry = geometry_record(backbone)
     # The backbone fixes the grid and frame, so the fingerprint takes the protocol without them.
     fingerprint = sha256_obj({
-        "task": task.name, "task_version": task.version, "split": task.eval_split,
+        "task": task.name, "task_version": task.version, "split": split,
         "samples": sha256_obj([(s.id, s.question, s.answer, s.answer_type.value) for s in samples]),
         "template": backbone.template.prompt, "protocol": task.metric_protocol,
         "decoding": res.decoding, "decoding_args": decoder.resolved_args(),

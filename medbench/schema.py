@@ -73,6 +73,9 @@ class Results(TypedDict, total=False):
     """Dataset provenance from the loader: source format, split origin, count checks."""
     limit: int | None
     """``--limit`` of the run; a limited run never fills a paper-table cell silently."""
+    split: str
+    """The split decoded: the task's test split unless ``--split`` chose another (``val``); tables
+    leave runs on other splits out, with a warning naming them."""
     fingerprint: str
     seed: int
     versions: dict[str, str]

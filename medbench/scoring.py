@@ -257,7 +257,7 @@ def score_run(run_dir: str | Path, *, samples: list[Sample] | None = None, task:
     """
     if report_options is not None and not isinstance(report_options, ReportOptions):
         report_options = ReportOptions(**dict(report_options))
-    from medbench.runner import select_samples, versions
+    from medbench.runner import eval_split, select_samples, versions
 
     run_dir = Path(run_dir)
     run_info = json.loads((run_dir / "run.json").read_text())
@@ -268,7 +268,7 @@ def score_run(run_dir: str | Path, *, samples: list[Sample] | None = None, task:
         task = open_task(config["task"], config.get("data_root"), run_info.get("task_version"),
                          image_root=config.get("image_root"))
     if samples is None:
-        samples = select_samples(task, config.get("limit") or None)  # old run.json files recorded 0 for "all"
+        samples = select_samples(task, config.get("limit") or None, config.get("split"))  # old run.json: 0 = all
     header, raw_rows = read_rows(run_dir / "predictions.jsonl")
     if header.get("fingerprint") != run_info["fingerprint"]:
         raise IncompleteRun(f"{run_dir}: predictions and run.json disagree on the fingerprint")
@@ -317,6 +317,7 @@ def score_run(run_dir: str | Path, *, samples: list[Sample] | None = None, task:
         "skipped": extra.get("skipped", previous.get("skipped", [])),
         "data": extra.get("data", previous.get("data", data_record(task))),
         "limit": config.get("limit"),
+        "split": eval_split(task, config.get("split")),
         "fingerprint": run_info["fingerprint"],
         "seed": seed,
         "versions": versions(),

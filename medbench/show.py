@@ -85,8 +85,10 @@ def load_run(run_dir: str | Path) -> RunView:
     return RunView(run_dir, dict(info["config"]), dict(geometry), tuning, decoding, latest_rows(rows))
 
 
-def _find_sample(task: Any, sample_id: str, limit: int | None) -> Sample:
-    samples = sorted(task.load(task.eval_split), key=lambda s: s.id)
+def _find_sample(task: Any, sample_id: str, limit: int | None, split: str | None = None) -> Sample:
+    from medbench.runner import eval_split
+
+    samples = sorted(task.load(eval_split(task, split)), key=lambda s: s.id)
     for sample in samples:
         if sample.id == sample_id:
             return sample
@@ -358,7 +360,7 @@ def show(run_dirs: Sequence[str | Path], sample_id: str, output: str | Path | No
         run_info = json.loads((runs[0].run_dir / "run.json").read_text(encoding="utf-8"))
         task = open_task(runs[0].config["task"], runs[0].config.get("data_root"), run_info.get("task_version"),
                          image_root=runs[0].config.get("image_root"))
-    sample = _find_sample(task, sample_id, runs[0].config.get("limit"))
+    sample = _find_sample(task, sample_id, runs[0].config.get("limit"), runs[0].config.get("split"))
     rows = [_row(r, sample_id) for r in runs]
     frames: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
     for run in runs:

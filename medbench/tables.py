@@ -219,9 +219,23 @@ def collect_results(results_dir: str | Path) -> list[dict]:
         if not isinstance(data, dict) or "task" not in data or "metrics" not in data:
             warnings.warn(f"skipping {path}: not a medbench results.json (no task/metrics)", stacklevel=2)
             continue
+        split = data.get("split")
+        if split is not None and split != _eval_split(data["task"]):
+            warnings.warn(f"skipping {path}: a run on the {split} split (tables show the test split)", stacklevel=2)
+            continue
         data["_path"] = str(path)
         out.append(data)
     return out
+
+
+def _eval_split(task: str) -> str:
+    """The split a task's tables report (its class's ``eval_split``; ``test`` for unknown tasks)."""
+    from medbench.registry import TASKS
+
+    try:
+        return str(TASKS.get(task).eval_split)
+    except Exception:
+        return "test"
 
 
 def _lookup(mapping: Any, metric: str) -> Any:

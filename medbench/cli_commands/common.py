@@ -13,7 +13,7 @@ from medbench.method import MethodArgsError, parse_method_args
 
 RUN_FLAGS = ("method", "task", "model", "tuning", "decoding", "limit", "batch_size", "seed", "output_dir",
              "checkpoint_dir", "data_root", "device", "device_map", "max_new_tokens", "bertscore_model",
-             "clinical_python", "shard")
+             "clinical_python", "shard", "split")
 
 
 class UniqueKeyLoader(yaml.SafeLoader):
@@ -51,6 +51,8 @@ def add_run_flags(p: argparse.ArgumentParser, *, require_method: bool = True) ->
     h.add_argument("--output-dir", help="where runs are written (default results/runs)")
     h.add_argument("--checkpoint-dir", help="where tuning adapters are cached (default results/checkpoints)")
     h.add_argument("--data-root", help="dataset directory (default $MEDBENCH_DATA/<task>)")
+    h.add_argument("--split", metavar="NAME", help="evaluate this split instead of the task's test split, e.g. "
+                   "val to choose hyperparameters (the run directory gets @NAME; tables leave such runs out)")
     h.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto")
     h.add_argument("--device-map", choices=["auto"], help="shard a model too large for one GPU (accelerate)")
     h.add_argument("--shard", metavar="I/N", help="decode shard I of N (e.g. a SLURM array task); shard 0 "
