@@ -1,11 +1,14 @@
-"""Summarise the decoding experiment: a markdown table (means over seeds, 95 % CIs, paired
-differences against greedy with their bootstrap CIs and McNemar's exact p), paired.json and a PNG.
+"""Summarise the decoding experiment: one markdown table per tuning (base model, LoRA; means over
+seeds, 95 % CIs, paired differences against greedy with their bootstrap CIs and McNemar's exact p),
+paired.json and a PNG.
 
     python results/experiments/decoding-v3/summarise.py RUNS_DIR OUT_DIR
 
-Every run is compared with greedy at seed 0 through ``medbench.paired.paired_compare`` (the code
-behind ``medbench compare --paired``), so each difference in the table can be reproduced with
-``medbench compare --paired RUNS/seed0/<model>/phantom-vqa/none+greedy RUNS/seed<s>/<model>/phantom-vqa/none+<method>``.
+Every run is compared with greedy of the same tuning through ``medbench.paired.paired_compare`` (the
+code behind ``medbench compare --paired``): at the same seed where greedy ran at that seed (LoRA:
+the seed also trains the adapter), else greedy at seed 0 (the base model's greedy does not depend on
+the seed). Each difference can be reproduced with
+``medbench compare --paired RUNS/seed<s>/<model>/phantom-vqa/<tuning>+greedy RUNS/seed<s>/<model>/phantom-vqa/<tuning>+<method>``.
 """
 
 from __future__ import annotations
@@ -21,22 +24,38 @@ ORDER = ["greedy", "beam", "nucleus", "vcd", "dola", "opera", "avisc", "m3id", "
 METRICS = ["closed_accuracy", "open_recall", "coverage", "roi_mass", "roi_lift"]
 
 
-def runs(root: Path) -> dict[str, dict[int, Path]]:
-    found: dict[str, dict[int, Path]] = {}
-    for results in sorted(root.glob("seed*/*/phantom-vqa/none+*/results.json")):
+TUNINGS = {"none": "base model", "lora": "LoRA"}
+
+
+def runs(root: Path) -> dict[str, dict[str, dict[int, Path]]]:
+    """tuning → decoding method → seed → run directory."""
+    found: dict[str, dict[str, dict[int, Path]]] = {}
+    for results in sorted(root.glob("seed*/*/phantom-vqa/*+*/results.json")):
         seed = int(results.parts[-5].removeprefix("seed"))
-        method = results.parent.name.split("+", 1)[1]
-        found.setdefault(method, {})[seed] = results.parent
+        tuning, method = results.parent.name.split("+", 1)
+        if tuning in TUNINGS:
+            found.setdefault(tuning, {}).setdefault(method, {})[seed] = results.parent
     return found
 
 
 def main(root: Path, out: Path) -> None:
     found = runs(root)
-    greedy = found["greedy"][0]
+    docs = {tuning: summarise(found[tuning], out) for tuning in TUNINGS if tuning in found}
+    (out / "paired.json").write_text(json.dumps(docs, indent=1) + "\n")
+    parts = []
+    for tuning, doc in docs.items():
+        parts += [f"## {TUNINGS[tuning]}", "", *table(doc), ""]
+    (out / "table.md").write_text("\n".join(parts))
+    print("\n".join(parts))
+    figure(docs, out)
+
+
+def summarise(found: dict[str, dict[int, Path]], out: Path) -> dict[str, dict]:
     doc: dict[str, dict] = {}
     for method in [m for m in ORDER if m in found]:
         doc[method] = {}
         for seed, run in sorted(found[method].items()):
+            greedy = found["greedy"].get(seed, found["greedy"][0])
             metrics = json.loads((run / "results.json").read_text())
             entry = {"metrics": {k: metrics["metrics"].get(k) for k in METRICS},
                      "ci": {k: metrics["confidence_intervals"].get(k) for k in METRICS},
@@ -45,7 +64,10 @@ def main(root: Path, out: Path) -> None:
                 cmp = paired_compare(greedy, run, seed=0).to_json()["metrics"]
                 entry["vs_greedy"] = {k: cmp[k] for k in METRICS if k in cmp}
             doc[method][str(seed)] = entry
-    (out / "paired.json").write_text(json.dumps(doc, indent=1) + "\n")
+    return doc
+
+
+def table(doc: dict[str, dict]) -> list[str]:
     lines = ["| method | seeds | closed % (95 % CI, seed 0) | Δ closed vs greedy (95 % CI; McNemar p) | open recall % | "
              "Δ open recall | coverage | roi_lift |", "|---|---|---|---|---|---|---|---|"]
     for method, by_seed in doc.items():
@@ -66,8 +88,10 @@ def main(root: Path, out: Path) -> None:
         row += [f"{mean(by_seed[s]['metrics']['coverage'] for s in seeds):.3f}",
                 f"{mean(by_seed[s]['metrics']['roi_lift'] for s in seeds):.2f}"]
         lines.append("| " + " | ".join(row) + " |")
-    (out / "table.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return lines
+
+
+def figure(docs: dict[str, dict], out: Path) -> None:
     try:
         import matplotlib
 
@@ -76,7 +100,14 @@ def main(root: Path, out: Path) -> None:
     except ImportError:
         print("matplotlib missing: figure skipped")
         return
-    fig, ax = plt.subplots(figsize=(8, 3.6))
+    fig, axes = plt.subplots(1, len(docs), figsize=(8 * len(docs), 3.6), squeeze=False)
+    for ax, (tuning, doc) in zip(axes[0], docs.items()):
+        panel(ax, doc, TUNINGS[tuning])
+    fig.tight_layout()
+    fig.savefig(out / "closed_vs_greedy.png", dpi=120)
+
+
+def panel(ax, doc: dict[str, dict], title: str) -> None:
     names = [m for m in doc if m != "greedy"]
     for i, method in enumerate(names):
         for j, s in enumerate(sorted(doc[method], key=int)):
@@ -87,10 +118,9 @@ def main(root: Path, out: Path) -> None:
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xticks(range(len(names)), names, rotation=30)
     ax.set_ylabel("Δ closed accuracy vs greedy (points)")
-    ax.set_title("phantom-vqa v3, tiny-med-llava v2: paired difference, 95 % bootstrap CI (one dot per seed)")
+    ax.set_title(f"phantom-vqa v3, tiny-med-llava v2, {title}: paired difference vs greedy, 95 % bootstrap CI "
+                 "(one dot per seed)")
     ax.title.set_fontsize(9)
-    fig.tight_layout()
-    fig.savefig(out / "closed_vs_greedy.png", dpi=120)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,53 @@
+"""Choose A³TUNE's λ, R and K on the val split (never on test).
+
+Each val run is scored by the mean of its closed accuracy and open recall. ``--stage lam`` prints
+the best λ among the runs at the default R and K; ``--stage all`` prints "λ R K" of the best run of
+all. Every val run with its score is written to ``<RUNS>/selection.md`` (the last stage's view).
+
+    python select.py RUNS/val --stage lam|all
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def val_runs(root: Path) -> list[dict]:
+    """Resolved (λ, R, K) and val metrics of every a3tune run under ``root``."""
+    out = []
+    for path in sorted(root.rglob("results.json")):
+        result = json.loads(path.read_text())
+        if result.get("tuning") != "a3tune" or result.get("split") != "val":
+            continue
+        run = json.loads((path.parent / "run.json").read_text())
+        resolved = json.loads((Path(run["tuning_checkpoint"]) / "training.json").read_text())["resolved"]
+        m = result["metrics"]
+        out.append({"lam": resolved["lam"], "R": resolved["top_heads"], "K": resolved["top_k"],
+                    "closed": m["closed_accuracy"], "open": m["open_recall"],
+                    "score": (m["closed_accuracy"] + m["open_recall"]) / 2, "run": str(path.parent)})
+    if not out:
+        raise SystemExit(f"no a3tune val runs under {root}")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("root", type=Path)
+    ap.add_argument("--stage", choices=("lam", "all"), required=True)
+    args = ap.parse_args()
+    runs = val_runs(args.root)
+    pool = [r for r in runs if (r["R"], r["K"]) == (4, 4)] if args.stage == "lam" else runs
+    best = max(pool, key=lambda r: (r["score"], r["closed"]))
+    lines = ["| λ | R | K | val closed | val open recall | score |", "|---|---|---|---|---|---|"]
+    for r in sorted(runs, key=lambda r: (r["lam"], r["R"], r["K"])):
+        mark = " **chosen**" if r is best and args.stage == "all" else ""
+        lines.append(f"| {r['lam']:g} | {r['R']} | {r['K']} | {100 * r['closed']:.1f} | {100 * r['open']:.1f} "
+                     f"| {100 * r['score']:.1f}{mark} |")
+    (args.root / "selection.md").write_text("\n".join(lines) + "\n")
+    print(f"{best['lam']:g}" if args.stage == "lam" else f"{best['lam']:g} {best['R']} {best['K']}")
+
+
+if __name__ == "__main__":
+    main()
