@@ -1,10 +1,10 @@
 """Choose A³TUNE's λ, R and K on the val split (never on test).
 
-Each val run is scored by the mean of its closed accuracy and open recall. ``--stage lam`` prints
-the best λ among the runs at the default R and K; ``--stage all`` prints "λ R K" of the best run of
-all. Every val run with its score is written to ``<RUNS>/selection.md`` (the last stage's view).
+Each val run is scored by the mean of its closed accuracy and open recall (ties: closed accuracy);
+the script prints "λ R K" of the best run and writes every val run with its score to
+``<RUNS>/selection.md``.
 
-    python select.py RUNS/val --stage lam|all
+    python select.py RUNS/val
 """
 
 from __future__ import annotations
@@ -35,18 +35,16 @@ def val_runs(root: Path) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("root", type=Path)
-    ap.add_argument("--stage", choices=("lam", "all"), required=True)
     args = ap.parse_args()
     runs = val_runs(args.root)
-    pool = [r for r in runs if (r["R"], r["K"]) == (4, 4)] if args.stage == "lam" else runs
-    best = max(pool, key=lambda r: (r["score"], r["closed"]))
+    best = max(runs, key=lambda r: (r["score"], r["closed"]))
     lines = ["| λ | R | K | val closed | val open recall | score |", "|---|---|---|---|---|---|"]
     for r in sorted(runs, key=lambda r: (r["lam"], r["R"], r["K"])):
-        mark = " **chosen**" if r is best and args.stage == "all" else ""
+        mark = " **chosen**" if r is best else ""
         lines.append(f"| {r['lam']:g} | {r['R']} | {r['K']} | {100 * r['closed']:.1f} | {100 * r['open']:.1f} "
                      f"| {100 * r['score']:.1f}{mark} |")
     (args.root / "selection.md").write_text("\n".join(lines) + "\n")
-    print(f"{best['lam']:g}" if args.stage == "lam" else f"{best['lam']:g} {best['R']} {best['K']}")
+    print(f"{best['lam']:g} {best['R']} {best['K']}")
 
 
 if __name__ == "__main__":
