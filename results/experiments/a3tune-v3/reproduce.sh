@@ -27,8 +27,8 @@ medbench -q weak-labels build --task phantom-vqa
   for args in "lam=0.1" "lam=1" "lam=10" "top_heads=8" "top_k=2"; do echo "val 0 a3tune $args"; done
   for s in 0 1 2; do echo "test $s lora"; echo "test $s a3tune lam=0"; done
 } | run_jobs
-read -r LAM R K < <(python "$HERE/select.py" "$RUNS/val")
+CHOSEN=$(python "$HERE/select.py" "$RUNS/val")  # e.g. "lam=1": the winning val run's arguments
 for s in 0 1 2; do
-  for labels in weak gt random; do echo "test $s a3tune lam=$LAM top_heads=$R top_k=$K labels=$labels"; done
+  for labels in weak gt random; do echo "test $s a3tune $CHOSEN labels=$labels"; done
 done | run_jobs
 python "$HERE/summarise.py" "$RUNS" "$HERE"

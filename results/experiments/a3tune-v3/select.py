@@ -1,8 +1,9 @@
 """Choose A³TUNE's λ, R and K on the val split (never on test).
 
 Each val run is scored by the mean of its closed accuracy and open recall (ties: closed accuracy);
-the script prints "λ R K" of the best run and writes every val run with its score to
-``<RUNS>/selection.md``.
+the script prints the best run's method arguments as they were given (so the test runs of that
+setting reuse its adapter: the fingerprint hashes the arguments, and ``top_k=4`` is not ``top_k``
+left at its default) and writes every val run with its score to ``<RUNS>/selection.md``.
 
     python select.py RUNS/val
 """
@@ -26,7 +27,8 @@ def val_runs(root: Path) -> list[dict]:
         m = result["metrics"]
         out.append({"lam": resolved["lam"], "R": resolved["top_heads"], "K": resolved["top_k"],
                     "closed": m["closed_accuracy"], "open": m["open_recall"],
-                    "score": (m["closed_accuracy"] + m["open_recall"]) / 2, "run": str(path.parent)})
+                    "score": (m["closed_accuracy"] + m["open_recall"]) / 2, "run": str(path.parent),
+                    "args": " ".join(f"{k}={v}" for k, v in sorted(run["config"]["method_args"].items()))})
     if not out:
         raise SystemExit(f"no a3tune val runs under {root}")
     return out
@@ -44,7 +46,7 @@ def main() -> None:
         lines.append(f"| {r['lam']:g} | {r['R']} | {r['K']} | {100 * r['closed']:.1f} | {100 * r['open']:.1f} "
                      f"| {100 * r['score']:.1f}{mark} |")
     (args.root / "selection.md").write_text("\n".join(lines) + "\n")
-    print(f"{best['lam']:g} {best['R']} {best['K']}")
+    print(best["args"])
 
 
 if __name__ == "__main__":
