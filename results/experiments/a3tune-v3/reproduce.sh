@@ -26,6 +26,7 @@ medbench -q weak-labels build --task phantom-vqa
 {
   for args in "lam=0.1" "lam=1" "lam=10" "top_heads=8" "top_k=2"; do echo "val 0 a3tune $args"; done
   for s in 0 1 2; do echo "test $s lora"; echo "test $s a3tune lam=0"; done
+  echo "val 0 lora"; echo "val 0 greedy"  # context for the choice (not candidates)
 } | run_jobs
 CHOSEN=$(python "$HERE/select.py" "$RUNS/val")  # e.g. "lam=1": the winning val run's arguments
 for s in 0 1 2; do

@@ -34,6 +34,20 @@ def val_runs(root: Path) -> list[dict]:
     return out
 
 
+def reference_runs(root: Path) -> list[str]:
+    """Table rows for the val runs that are not candidates (base model, LoRA): context, not choices."""
+    rows = []
+    for path in sorted(root.rglob("results.json")):
+        result = json.loads(path.read_text())
+        if result.get("tuning") == "a3tune" or result.get("split") != "val":
+            continue
+        m = result["metrics"]
+        name = "LoRA" if result["tuning"] == "lora" else f"base model ({result['decoding']})"
+        rows.append(f"| {name} | – | – | {100 * m['closed_accuracy']:.1f} | {100 * m['open_recall']:.1f} "
+                    f"| {50 * (m['closed_accuracy'] + m['open_recall']):.1f} (reference) |")
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("root", type=Path)
@@ -45,6 +59,7 @@ def main() -> None:
         mark = " **chosen**" if r is best else ""
         lines.append(f"| {r['lam']:g} | {r['R']} | {r['K']} | {100 * r['closed']:.1f} | {100 * r['open']:.1f} "
                      f"| {100 * r['score']:.1f}{mark} |")
+    lines += reference_runs(args.root)
     (args.root / "selection.md").write_text("\n".join(lines) + "\n")
     print(best["args"])
 
