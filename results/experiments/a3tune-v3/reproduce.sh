@@ -3,7 +3,7 @@
 # shipped tiny-med-llava v2. Run from the repository root:
 #   bash results/experiments/a3tune-v3/reproduce.sh            # JOBS=2 processes of 1 thread each
 # 1. λ, R and K are chosen on the val split (seed 0; never on test), one at a time around the
-#    paper's defaults (λ=0.1, R=4 of 32 heads, K=4): λ ∈ {0.1, 1, 10}, R=8, K=2. select.py scores
+#    paper's defaults (λ=0.1, R=4 of 32 heads, K=4): λ ∈ {0.1, 1, 10}, R=8, K=2. choose.py scores
 #    each val run by the mean of closed accuracy and open recall and keeps the best.
 # 2. On the test split at seeds 0, 1, 2: LoRA and A³MoE only (λ=0: no alignment, so R and K do not
 #    enter its training) alongside step 1; then, with the chosen (λ, R, K), A³TUNE with weak,
@@ -28,7 +28,7 @@ medbench -q weak-labels build --task phantom-vqa
   for s in 0 1 2; do echo "test $s lora"; echo "test $s a3tune lam=0"; done
   echo "val 0 lora"; echo "val 0 greedy"  # context for the choice (not candidates)
 } | run_jobs
-CHOSEN=$(python "$HERE/select.py" "$RUNS/val")  # e.g. "lam=1": the winning val run's arguments
+CHOSEN=$(python "$HERE/choose.py" "$RUNS/val")  # e.g. "lam=1": the winning val run's arguments
 for s in 0 1 2; do
   for labels in weak gt random; do echo "test $s a3tune $CHOSEN labels=$labels"; done
 done | run_jobs

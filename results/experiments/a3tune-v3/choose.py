@@ -5,7 +5,7 @@ the script prints the best run's method arguments as they were given (so the tes
 setting reuse its adapter: the fingerprint hashes the arguments, and ``top_k=4`` is not ``top_k``
 left at its default) and writes every val run with its score to ``<RUNS>/selection.md``.
 
-    python select.py RUNS/val
+    python choose.py RUNS/val
 """
 
 from __future__ import annotations
