@@ -21,7 +21,16 @@ Beam search (B beams) where each beam's top-``N_can`` candidates are penalised b
   (beam, token) pairs already tried. The cache is cropped to the prompt and the kept response
   re-encoded in one forward.
 
-One sample per call (a rollback rewrites one sample's time axis). R is the prompt length.
+Batched across samples: one set of forwards (prefill, one tree probe per step, one feed per step)
+serves every beam of every unfinished sample of a left-padded batch; the beam step, rollback
+target, restore, bans, finished hypotheses, early stop and guards stay per sample (:class:`Beams`),
+in each sample's own positions (R is its prompt length). The rows share one cache
+(:class:`RowCache`) with a per-row mask of valid key columns: a rollback invalidates that sample's
+response columns and re-encodes its kept response in the same forward in which the other samples
+feed their new token behind masked padding queries; invalid columns are then compacted away (a
+plain crop when they are a common tail, as at batch 1, so a batch of one runs exactly the
+per-sample forwards). Finished samples' rows leave the cache. Across batch compositions the
+results agree up to padding's float noise (logits within ~1e-5 in float32).
 Defaults (paper App. B): B=5, σ=50, threshold=15, N_can=5, w=1, window 512; for LLaVA-Med v1.5
 on report tasks σ=25, threshold=25 (``scale_factor``/``threshold`` left unset pick these).
 With ``w=0``, ``threshold ≥ max_new_tokens``, ``candidate_logprobs=full`` and ``N_can ≥ 2B`` it
@@ -55,7 +64,7 @@ prompt (``len(input_ids)+256``: the image bonus lasts N+10 response tokens) and 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -150,6 +159,105 @@ class Step:
     open: bool
 
 
+@dataclass
+class Beams:
+    """One sample's beam search: everything a rollback rewinds, kept apart from the other samples.
+
+    ``ids`` is the prompt without padding; ``start``, ``image_cols`` and every attention row are in
+    the sample's own positions (prompt from 0, response from ``len(ids)``), whatever its padding
+    and cache columns in the batch. ``used`` counts the rollbacks per position, ``banned`` the
+    (beam, token) pairs already tried per step, ``rollbacks`` the rollbacks performed.
+    """
+
+    ids: torch.Tensor
+    start: int
+    image_cols: torch.Tensor
+    pre: torch.Tensor
+    logits: torch.Tensor
+    omega: torch.Tensor
+    seqs: torch.Tensor
+    records: torch.Tensor
+    slots: torch.Tensor
+    scores: torch.Tensor
+    finished: list = field(default_factory=list)
+    history: list[Step] = field(default_factory=list)
+    is_open: bool = True
+    guards: int = 0
+    used: dict = field(default_factory=dict)
+    banned: dict = field(default_factory=dict)
+    rollbacks: int = 0
+
+    @property
+    def prompt(self) -> int:
+        return self.ids.shape[1]
+
+    @property
+    def t(self) -> int:
+        """Response tokens so far (the next step selects response token ``t``)."""
+        return self.seqs.shape[1]
+
+    def best(self) -> list[int]:
+        return max(self.finished, key=lambda x: x[0])[1] if self.finished else self.seqs[0].tolist()
+
+
+def key_index(valid: torch.Tensor) -> torch.Tensor:
+    """[R, W] cache columns of each row's valid keys in order, right-aligned (W: the most valid keys).
+
+    A row with fewer valid keys is filled on the left with some of its invalid columns, which every
+    query of that row has masked out (probability exactly 0).
+    """
+    width = int(valid.sum(-1).max())
+    order = torch.sort(valid.to(torch.int8), dim=-1, stable=True).indices
+    return order[:, valid.shape[1] - width:]
+
+
+class RowCache:
+    """One ``DynamicCache`` for all beam rows of the active samples, with each row's valid key columns.
+
+    Every row has the same number of cache columns; a row's valid columns, in order, are its
+    sample's prompt and response (position ids count only those), the rest is masked out by the
+    2-D attention mask: left padding, a response discarded by a rollback, the padding queries of
+    a forward that re-encodes another sample's response. :meth:`compact` removes the invalid
+    columns (a crop when they are a common tail, else a gather into a fresh cache), so a cache
+    without them, as at batch 1, is exactly the per-sample cache.
+    """
+
+    def __init__(self, cache: Any, valid: torch.Tensor, config: Any) -> None:
+        self.cache, self.valid, self.config = cache, valid, config
+
+    @property
+    def length(self) -> int:
+        return self.valid.shape[1]
+
+    def select(self, index: torch.Tensor) -> None:
+        """Keep rows ``index`` in that order (beam parents; rows of finished samples left out)."""
+        self.cache.reorder_cache(index)
+        self.valid = self.valid[index]
+
+    def reset(self, rows: slice, keep: int) -> None:
+        """Keep only the first ``keep`` valid columns (the prompt) of ``rows``."""
+        self.valid[rows] &= self.valid[rows].cumsum(-1) <= keep
+
+    def compact(self) -> None:
+        """Drop the invalid columns: each row's valid keys right-aligned, as wide as the longest row."""
+        order = key_index(self.valid)
+        width = order.shape[1]
+        prefix = torch.arange(width, device=order.device).expand_as(order)
+        if width == self.length and torch.equal(order, prefix):
+            return
+        if torch.equal(order, prefix):
+            self.cache.crop(width - self.length)
+        else:
+            from transformers import DynamicCache
+
+            heads = order[:, None, :, None]
+            data = [(layer.keys.gather(2, heads.expand(-1, layer.keys.shape[1], -1, layer.keys.shape[3])),
+                     layer.values.gather(2, heads.expand(-1, layer.values.shape[1], -1, layer.values.shape[3])))
+                    for layer in self.cache.layers]
+            self.cache = DynamicCache(data, config=self.config)
+        self.valid = torch.gather(self.valid, 1, order)
+
+
 class OPERA(DecodingMethod):
     name = "opera"
     label = "OPERA"
@@ -182,21 +290,25 @@ class OPERA(DecodingMethod):
         return args
 
     def generate(self, backbone: Backbone, batch: EncodedBatch, seeds: list[int], max_new_tokens: int) -> Generation:
-        batch = batch.to(backbone.device)
         steps = self.new_tokens(backbone) or max_new_tokens
-        tokens, guards = [], []
-        for i in range(batch.input_ids.shape[0]):
-            keep = batch.attention_mask[i].bool()
-            row, n_guard = self.decode_one(backbone, batch.input_ids[i][keep][None], batch.pixel_values[i:i + 1], steps)
-            tokens.append(row)
-            guards.append(n_guard)
+        tokens, guards = self.decode(backbone, batch.to(backbone.device), steps)
         return Generation(strip(tokens, backbone.eos_token_id, backbone.pad_token_id), guards)
 
+    def decode_one(self, backbone: Backbone, ids: torch.Tensor, pixels: torch.Tensor, max_new: int
+                   ) -> tuple[list[int], int]:
+        """One unpadded prompt ``ids`` [1, P]: the best sequence (unstripped) and its guard count."""
+        tokens, guards = self.decode(backbone, EncodedBatch(ids, torch.ones_like(ids), pixels, [""]), max_new)
+        return tokens[0], guards[0]
+
     def forward(self, backbone: Backbone, ids: torch.Tensor, mask: torch.Tensor, position: torch.Tensor, cache: Any,
-                queries: torch.Tensor, n_keys: int, **kwargs: Any) -> tuple[Any, torch.Tensor]:
-        """A cached forward capturing the last layer's normalised rows of ``queries`` over all keys."""
+                queries: torch.Tensor, keys: int | torch.Tensor, **kwargs: Any) -> tuple[Any, torch.Tensor]:
+        """A cached forward capturing the last layer's normalised rows of ``queries`` over ``keys``.
+
+        ``keys``: a count (columns 0..keys−1 of every row) or [R, K] cache columns per row.
+        """
         layer = int(backbone.text_config.num_hidden_layers) - 1
-        keys = torch.arange(n_keys, device=ids.device).expand(ids.shape[0], n_keys)
+        if isinstance(keys, int):
+            keys = torch.arange(keys, device=ids.device).expand(ids.shape[0], keys)
         request = CaptureRequest(query_positions=queries, key_positions=keys, layers={layer}, per_head=True)
         with capture(request):
             out = backbone.model(input_ids=ids, attention_mask=mask, position_ids=position, cache=cache,
@@ -205,130 +317,208 @@ class OPERA(DecodingMethod):
             raise RuntimeError("attention capture saw no layer: is the medbench attention function installed?")
         return out, normalised_rows(request, layer)
 
-    def probe(self, backbone: Backbone, cache: Any, cand: torch.Tensor, n: int) -> torch.Tensor:
-        """Tree probe: candidate rows [B, C, n+1] over keys 0..n−1 and the candidate itself."""
+    def probe(self, backbone: Backbone, cache: Any, cand: torch.Tensor, n: int, valid: torch.Tensor | None = None
+              ) -> torch.Tensor:
+        """Tree probe: candidate rows [R, C, K+1] over each row's valid keys and the candidate itself.
+
+        ``n`` cache columns, of which ``valid`` [R, n] (default: all) are the row's keys; a row's K
+        keys are the last of its row (right-aligned, zeros before when it has fewer than the others).
+        Each candidate sits at its row's next position, sees the valid keys and itself; then
+        ``crop(−C)``.
+        """
         b, c = cand.shape
+        if valid is None:
+            valid = torch.ones(b, n, dtype=torch.bool, device=cand.device)
         dtype = next(backbone.model.parameters()).dtype
         visible = torch.ones(b, 1, c, n + c, dtype=torch.bool, device=cand.device)
+        visible[..., :n] = valid[:, None, None, :]
         visible[..., n:] = torch.eye(c, dtype=torch.bool, device=cand.device)
         mask = torch.zeros(visible.shape, dtype=dtype, device=cand.device).masked_fill(~visible, torch.finfo(dtype).min)
-        position = torch.full((b, c), n, dtype=torch.long, device=cand.device)
+        position = valid.sum(-1, keepdim=True).expand(b, c)
         queries = (n + torch.arange(c, device=cand.device)).expand(b, c)
-        _, rows = self.forward(backbone, cand, mask, position, cache, queries, n + c)
+        keys = key_index(valid)
+        width = keys.shape[1]
+        _, rows = self.forward(backbone, cand, mask, position, cache, queries, torch.cat([keys, queries], dim=1))
         cache.crop(-c)
-        own = torch.gather(rows[..., n:], 2, torch.arange(c, device=cand.device).view(1, c, 1).expand(b, c, 1))
-        probe = torch.cat([rows[..., :n], own], dim=-1)
+        own = torch.gather(rows[..., width:], 2, torch.arange(c, device=cand.device).view(1, c, 1).expand(b, c, 1))
+        probe = torch.cat([rows[..., :width], own], dim=-1)
         return probe / probe.sum(-1, keepdim=True).clamp_min(torch.finfo(probe.dtype).tiny)
 
     @torch.inference_mode()
-    def decode_one(self, backbone: Backbone, ids: torch.Tensor, pixels: torch.Tensor, max_new: int
-                   ) -> tuple[list[int], int]:
+    def decode(self, backbone: Backbone, batch: EncodedBatch, max_new: int) -> tuple[list[list[int]], list[int]]:
+        """Beam search with over-trust penalty and rollback for every sample of a left-padded batch.
+
+        Every forward serves all active samples' beams: the prefill, one tree probe per step, and
+        one forward feeding each beam its new token — or, for a sample that rolled back, its kept
+        response re-encoded (shorter rows are left-padded with masked queries). Everything else is
+        per sample (:class:`Beams`, :meth:`advance`). A finished sample's rows leave the cache.
+        Returns the best sequence per sample (unstripped) and its guard count; the rollbacks per
+        sample are left in ``self.last_rollbacks``.
+        """
         from transformers import DynamicCache
 
         p, model = self.params, backbone.model
-        sigma, threshold = self.settings(backbone)
-        n_beams, n_cand, eos = p.num_beams, p.num_attn_candidates, backbone.eos_token_id
-        prompt = ids.shape[1]
-        span = image_positions(backbone, ids)[0]
-        start, image_cols = self.key_positions(backbone, span, prompt)
-        reference = p.rollback == "reference"
-        features = encode_images(model, pixels)
+        n_beams = p.num_beams
+        columns = batch.attention_mask.bool().any(0)  # columns padded in every row are not needed
+        ids, mask = batch.input_ids[:, columns], batch.attention_mask[:, columns]
+        n, width = ids.shape
+        device = ids.device
+        features = encode_images(model, batch.pixel_values)
         cache = DynamicCache(config=model.config)
-        mask = torch.ones_like(ids)
-        position = torch.arange(prompt, device=ids.device)[None]
-        queries = torch.arange(start, prompt, device=ids.device)[None] if start < prompt else position[:, -1:]
-        out, rows = self.forward(backbone, ids, mask, position, cache, queries, prompt,
+        position = (mask.cumsum(-1) - 1).clamp(min=0)
+        beams, spans = [], []
+        for i in range(n):
+            own = ids[i][mask[i].bool()][None]
+            span = image_positions(backbone, own)[0]
+            start, image_cols = self.key_positions(backbone, span, own.shape[1])
+            beams.append((own, start, image_cols))
+            pad = width - own.shape[1]
+            spans.append(pad + (torch.arange(start, own.shape[1], device=device) if start < own.shape[1]
+                                else torch.tensor([own.shape[1] - 1], device=device)))
+        longest = max(s.numel() for s in spans)
+        queries = torch.stack([torch.cat([s[:1].expand(longest - s.numel()), s]) for s in spans])
+        out, rows = self.forward(backbone, ids, mask, position, cache, queries, width,
                                  **image_inputs(features.reshape(-1, features.shape[-1])))
-        pre = rows[0, :, start:] if start < prompt else rows.new_zeros(0, 0)  # shared prompt rows of ω
         cache.batch_repeat_interleave(n_beams)
-        logits = out.logits[:, -1].float().repeat(n_beams, 1)
-        history: list[Step] = []
-        omega = pre[None].expand(n_beams, -1, -1).clone()
-        seqs = torch.zeros(n_beams, 0, dtype=torch.long, device=ids.device)
-        records = torch.zeros(n_beams, 0, dtype=torch.long, device=ids.device)
-        slots = records.clone()  # reference: per-slot modes, never reordered with the beams
-        scores = torch.full((n_beams,), NEG, device=ids.device)
-        scores[0] = 0.0
-        finished: list[tuple[float, list[int]]] = []
-        is_open, guards, rollbacks, banned = True, 0, {}, {}
-        t = 0
-        while True:
-            n = prompt + t
-            bad = ~torch.isfinite(logits).any(-1) | torch.isnan(logits).any(-1)
-            if bad.any():
-                guards += 1
-                logits = torch.where(bad[:, None], torch.full_like(logits, NEG), torch.nan_to_num(logits, nan=NEG))
-                logits[bad, eos] = 0.0
-            logits[:, backbone.image_token_id] = NEG  # the placeholder is never answer text
-            full = torch.log_softmax(logits, -1)
-            cand_scores, cand = logits.topk(n_cand, dim=-1)
-            cand_rows = self.probe(backbone, cache, cand, n)
-            lo = self.window_start(omega.shape[1])
-            phi, loc = overtrust(omega[:, lo:, lo:], cand_rows[..., start + lo:], sigma, p.overtrust_dtype)
-            loc = loc + lo
-            if n + 1 - start <= 10:
-                penalty = -cand_rows[..., image_cols].sum(-1)
-            else:
-                penalty = phi
-            step_scores = self.candidate_scores(logits, cand, cand_scores, penalty)
-            history_ids = torch.cat([ids.expand(n_beams, -1), seqs], dim=1)
-            logprobs = apply_processors(step_scores, history_ids, p)
-            modes = loc.mode(dim=-1).values
-            parents, tokens, scores, finished, is_open = self.beam_step(
-                logprobs, scores, seqs, t, max_new, finished, is_open, eos)
-            seqs = torch.cat([seqs[parents], tokens[:, None]], dim=1)
-            records = torch.cat([records[parents], modes[parents][:, None]], dim=1)
-            slots = torch.cat([slots, modes[:, None]], dim=1)
-            omega = omega[parents]
-            history.append(Step(parents, tokens, None, modes[parents], modes, scores, full, list(finished), is_open))
-            if not is_open or t + 1 >= max_new:
+        state = RowCache(cache, mask.bool().repeat_interleave(n_beams, 0), model.config)
+        active = []
+        for i, (own, start, image_cols) in enumerate(beams):
+            prompt = own.shape[1]
+            r = rows[i, longest - spans[i].numel():, width - prompt:]
+            pre = r[:, start:] if start < prompt else r.new_zeros(0, 0)  # shared prompt rows of ω
+            scores = torch.full((n_beams,), NEG, device=device)
+            scores[0] = 0.0
+            empty = torch.zeros(n_beams, 0, dtype=torch.long, device=device)
+            active.append((i, Beams(own, start, image_cols, pre, out.logits[i:i + 1, -1].float().repeat(n_beams, 1),
+                                    pre[None].expand(n_beams, -1, -1).clone(), empty, empty, empty.clone(), scores)))
+        done: dict[int, Beams] = {}
+        while active:
+            chosen = [self.candidates(backbone, s) for _, s in active]
+            cand_rows = self.probe(backbone, state.cache, torch.cat([c[2] for c in chosen]), state.length, state.valid)
+            feeds = []
+            for k, ((i, s), (full, cand_scores, cand)) in enumerate(zip(active, chosen)):
+                own = cand_rows[k * n_beams:(k + 1) * n_beams, :, -(s.prompt + s.t + 1):]
+                feed = self.advance(backbone, s, full, cand, cand_scores, own, max_new)
+                if feed is None:
+                    done[i] = s
+                else:
+                    feeds.append((k, i, s, *feed))
+            if not feeds:
                 break
-            if reference:
-                target = self.reference_rollback_target(slots, modes, start, prompt, t, threshold, rollbacks)
-            else:
-                target = self.rollback_target(records, start, prompt, t, threshold, rollbacks)
-            cache.reorder_cache(parents)
-            if target is None:
-                out, rows = self.forward(backbone, tokens[:, None], torch.ones(n_beams, n + 1, dtype=torch.long,
-                                         device=ids.device), torch.full((n_beams, 1), n, device=ids.device), cache,
-                                         torch.full((n_beams, 1), n, device=ids.device), n + 1)
-                history[-1].rows = rows[:, 0, start:]
-                omega = self.grow(omega, rows[:, 0, start:])
-                logits = out.logits[:, -1].float()
-                t += 1
-                continue
-            if not reference:
-                rollbacks[target] = rollbacks.get(target, 0) + 1
-            slots = slots[:, :target + 1]
-            seqs, records, omega, scores, finished, is_open = self.restore(history, target, pre, n_beams)
-            step = history[target]
-            ban = banned.setdefault(target, set())
-            ban.update(zip(step.parents.tolist(), step.tokens.tolist()))
-            logprobs = apply_processors(step.full, torch.cat([ids.expand(n_beams, -1), seqs], dim=1), p).clone()
-            for b, tok in ban:
-                logprobs[b, tok] = float("-inf")
-            parents, tokens, scores, finished, is_open = self.beam_step(
-                logprobs, scores, seqs, target, max_new, finished, is_open, eos)
-            del history[target:]
-            seqs = torch.cat([seqs[parents], tokens[:, None]], dim=1)
-            records = torch.cat([records[parents], step.modes[parents][:, None]], dim=1)
-            omega = omega[parents]
-            history.append(Step(parents, tokens, None, step.modes[parents], step.modes, scores, step.full,
-                                list(finished), is_open))
-            if not is_open:
-                break
-            cache.crop(-(n - prompt))
-            length = prompt + seqs.shape[1]
-            out, rows = self.forward(
-                backbone, seqs, torch.ones(n_beams, length, dtype=torch.long, device=ids.device),
-                torch.arange(prompt, length, device=ids.device).expand(n_beams, -1), cache,
-                torch.full((n_beams, 1), length - 1, device=ids.device), length)
-            history[-1].rows = rows[:, 0, start:]
-            omega = self.grow(omega, rows[:, 0, start:])
-            logits = out.logits[:, -1].float()
-            t = seqs.shape[1]
-        best = max(finished, key=lambda x: x[0])[1] if finished else seqs[0].tolist()
-        return best, guards
+            rows_of = torch.arange(n_beams, device=device)
+            state.select(torch.cat([k * n_beams + parents for k, _, _, parents, _, _ in feeds]))
+            for j, (_, _, s, _, _, reset) in enumerate(feeds):
+                if reset:
+                    state.reset(slice(j * n_beams, (j + 1) * n_beams), s.prompt)
+            if len(feeds) < len(active) or any(f[-1] for f in feeds):
+                state.compact()
+            active = [(i, s) for _, i, s, _, _, _ in feeds]
+            out, rows = self.feed(backbone, state, [f[4] for f in feeds])
+            for j, (_, _, s, _, _, _) in enumerate(feeds):
+                own = rows[j * n_beams + rows_of, 0, -(s.prompt + s.t):]
+                s.history[-1].rows = own[:, s.start:]
+                s.omega = self.grow(s.omega, own[:, s.start:])
+                s.logits = out.logits[j * n_beams:(j + 1) * n_beams, -1].float()
+        self.last_rollbacks = [done[i].rollbacks for i in range(n)]
+        return [done[i].best() for i in range(n)], [done[i].guards for i in range(n)]
+
+    def feed(self, backbone: Backbone, state: RowCache, new: list[torch.Tensor]) -> tuple[Any, torch.Tensor]:
+        """One forward appending each sample's new ids [B, m] (its beams' rows, in order) to the cache.
+
+        Rows with fewer ids are left-padded with masked queries (their columns stay invalid, then
+        :meth:`RowCache.compact`); returns the output and each row's captured last-query row over
+        its valid keys (right-aligned).
+        """
+        device = state.valid.device
+        width = max(x.shape[1] for x in new)
+        ids = torch.cat([torch.nn.functional.pad(x, (width - x.shape[1], 0), value=backbone.pad_token_id)
+                         for x in new])
+        fresh = torch.cat([torch.arange(width, device=device).expand(x.shape[0], width) >= width - x.shape[1]
+                           for x in new])
+        position = (state.valid.sum(-1, keepdim=True) + fresh.long().cumsum(-1) - 1).clamp(min=0)
+        valid = torch.cat([state.valid, fresh], dim=1)
+        n_keys = valid.shape[1]
+        queries = torch.full((ids.shape[0], 1), n_keys - 1, device=device)
+        out, rows = self.forward(backbone, ids, valid.long(), position, state.cache, queries, key_index(valid))
+        state.valid = valid
+        if not bool(fresh.all()):
+            state.compact()
+        return out, rows
+
+    def candidates(self, backbone: Backbone, s: Beams) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """NaN/inf guard and placeholder ban on a sample's logits; full log-probs and top-``N_can``."""
+        logits = s.logits
+        bad = ~torch.isfinite(logits).any(-1) | torch.isnan(logits).any(-1)
+        if bad.any():
+            s.guards += 1
+            logits = torch.where(bad[:, None], torch.full_like(logits, NEG), torch.nan_to_num(logits, nan=NEG))
+            logits[bad, backbone.eos_token_id] = 0.0
+        logits[:, backbone.image_token_id] = NEG  # the placeholder is never answer text
+        s.logits = logits
+        cand_scores, cand = logits.topk(self.params.num_attn_candidates, dim=-1)
+        return torch.log_softmax(logits, -1), cand_scores, cand
+
+    def advance(self, backbone: Backbone, s: Beams, full: torch.Tensor, cand: torch.Tensor,
+                cand_scores: torch.Tensor, cand_rows: torch.Tensor, max_new: int
+                ) -> tuple[torch.Tensor, torch.Tensor, bool] | None:
+        """One beam step of one sample, with its rollback; what to feed next, or None when it is done.
+
+        ``cand_rows`` [B, C, n+1] are the candidates' rows over the sample's n keys and themselves.
+        Returns the beams' parents (the cache rows to keep), the ids to feed and whether the
+        sample's response must first be cleared from the cache (a rollback: ids = kept response).
+        """
+        p = self.params
+        sigma, threshold = self.settings(backbone)
+        n_beams, eos = p.num_beams, backbone.eos_token_id
+        n, t, start = s.prompt + s.t, s.t, s.start
+        lo = self.window_start(s.omega.shape[1])
+        phi, loc = overtrust(s.omega[:, lo:, lo:], cand_rows[..., start + lo:], sigma, p.overtrust_dtype)
+        loc = loc + lo
+        if n + 1 - start <= 10:
+            penalty = -cand_rows[..., s.image_cols].sum(-1)
+        else:
+            penalty = phi
+        step_scores = self.candidate_scores(s.logits, cand, cand_scores, penalty)
+        logprobs = apply_processors(step_scores, torch.cat([s.ids.expand(n_beams, -1), s.seqs], dim=1), p)
+        modes = loc.mode(dim=-1).values
+        parents, tokens, s.scores, s.finished, s.is_open = self.beam_step(
+            logprobs, s.scores, s.seqs, t, max_new, s.finished, s.is_open, eos)
+        s.seqs = torch.cat([s.seqs[parents], tokens[:, None]], dim=1)
+        s.records = torch.cat([s.records[parents], modes[parents][:, None]], dim=1)
+        s.slots = torch.cat([s.slots, modes[:, None]], dim=1)
+        s.omega = s.omega[parents]
+        s.history.append(Step(parents, tokens, None, modes[parents], modes, s.scores, full, list(s.finished),
+                              s.is_open))
+        if not s.is_open or t + 1 >= max_new:
+            return None
+        if p.rollback == "reference":
+            target = self.reference_rollback_target(s.slots, modes, start, s.prompt, t, threshold, s.used)
+        else:
+            target = self.rollback_target(s.records, start, s.prompt, t, threshold, s.used)
+        if target is None:
+            return parents, tokens[:, None], False
+        if p.rollback != "reference":
+            s.used[target] = s.used.get(target, 0) + 1
+        s.slots = s.slots[:, :target + 1]
+        s.seqs, s.records, s.omega, s.scores, s.finished, s.is_open = self.restore(s.history, target, s.pre, n_beams)
+        step = s.history[target]
+        ban = s.banned.setdefault(target, set())
+        ban.update(zip(step.parents.tolist(), step.tokens.tolist()))
+        logprobs = apply_processors(step.full, torch.cat([s.ids.expand(n_beams, -1), s.seqs], dim=1), p).clone()
+        for b, tok in ban:
+            logprobs[b, tok] = float("-inf")
+        retry, tokens, s.scores, s.finished, s.is_open = self.beam_step(
+            logprobs, s.scores, s.seqs, target, max_new, s.finished, s.is_open, eos)
+        del s.history[target:]
+        s.seqs = torch.cat([s.seqs[retry], tokens[:, None]], dim=1)
+        s.records = torch.cat([s.records[retry], step.modes[retry][:, None]], dim=1)
+        s.omega = s.omega[retry]
+        s.history.append(Step(retry, tokens, None, step.modes[retry], step.modes, s.scores, step.full,
+                              list(s.finished), s.is_open))
+        s.rollbacks += 1
+        if not s.is_open:
+            return None
+        return parents, s.seqs, True
 
     def candidate_scores(self, logits: torch.Tensor, cand: torch.Tensor, cand_scores: torch.Tensor,
                          penalty: torch.Tensor) -> torch.Tensor:
