@@ -27,6 +27,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from medbench.bench import load_bench_backbone, sync_device
+from medbench.models import resolve_device
+from medbench.provenance import versions
+from medbench.registry import TASKS
+
+# torch, peft and medbench.training are imported inside the functions: `medbench bench --help`
+# (the CLI reads CONFIGS at start-up) must not pay for torch.
+
 CONFIGS = ("lora", "a3moe", "a3tune", "a3tune-naive")
 TARGETS = {"step_time": 1.10, "peak_memory": 1.05}
 MIB = 2**20
@@ -165,10 +173,10 @@ def measure(trainer: Trainer, build: Callable[[Any], Any], chunks: list[Any], de
     times, cpu = [], []
     for i, chunk in enumerate(chunks[:-1]):
         batch = build(chunk)
-        _sync(device)
+        sync_device(device)
         start, start_cpu = time.perf_counter(), time.process_time()
         step(batch)
-        _sync(device)
+        sync_device(device)
         if i >= warmup:
             times.append(time.perf_counter() - start)
             cpu.append(time.process_time() - start_cpu)
@@ -180,19 +188,12 @@ def measure(trainer: Trainer, build: Callable[[Any], Any], chunks: list[Any], de
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
         step(last)
-        _sync(device)
+        sync_device(device)
         peak, method = torch.cuda.max_memory_allocated(), "torch.cuda.max_memory_allocated"
     else:
         held = held_bytes(model, opt)
         peak, method = held + cpu_step_peak(lambda: step(last)), "held tensors + profiler allocator peak"
     return {**out, "peak_mib": round(peak / MIB, 2), "loss": round(state["loss"], 4), "memory_method": method}
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        import torch
-
-        torch.cuda.synchronize()
 
 
 def ratios(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -225,10 +226,6 @@ def bench_train(model: str = "tiny-med-llava", task: str = "phantom-vqa", batch_
     """
     import torch
 
-    from medbench.bench import load_bench_backbone
-    from medbench.models import resolve_device
-    from medbench.registry import TASKS
-    from medbench.runner import versions
     from medbench.training import training_batch
 
     device = resolve_device(device)

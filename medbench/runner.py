@@ -22,6 +22,7 @@ from medbench.errors import ConfigError, RunFailed
 from medbench.hashing import sample_seed, sha256_obj
 from medbench.method import MethodArgsError, parse_params
 from medbench.registry import METHODS, TASKS
+from medbench.selection import check_limit, eval_split, select_samples
 from medbench.types import Prediction, Sample
 
 log = logging.getLogger("medbench")
@@ -143,63 +144,6 @@ def run_dir_for(cfg: RunConfig, res: Resolved) -> Path:
     return Path(cfg.output_dir) / model_name / cfg.task / f"{res.tuning}+{res.decoding}{suffix}{split}"
 
 
-def eval_split(task: Any, split: str | None) -> str:
-    """The split a run decodes: the task's test split, or ``split`` (e.g. ``val`` to choose
-    hyperparameters without looking at test). The training split is refused: a tuned model scored
-    on its own training data measures memory, not the method."""
-    if split is None or split == task.eval_split:
-        return task.eval_split
-    splits = tuple(getattr(task, "splits", ()))
-    if split not in splits:
-        raise ConfigError(f"task {task.name} has no split {split!r}; its splits are {', '.join(splits)}")
-    if split == task.train_split or split == "pretrain":
-        raise ConfigError(f"--split {split}: that is a split methods are trained on; evaluate on "
-                          f"{', '.join(s for s in splits if s not in (task.train_split, 'pretrain'))}")
-    return split
-
-
-def select_samples(task: Any, limit: int | None, split: str | None = None) -> list[Sample]:
-    samples = sorted(task.load(eval_split(task, split)), key=lambda s: s.id)
-    ids = [s.id for s in samples]
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"task {task.name} has duplicate sample ids")
-    check_limit(limit)
-    return samples if limit is None else samples[:limit]
-
-
-def check_limit(limit: int | None) -> None:
-    """``--limit`` is a positive sample count; leaving it out (``None``) means every sample."""
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ConfigError(f"limit must be at least 1 (leave --limit out for every sample), got {limit!r}")
-
-
-def versions() -> dict[str, str]:
-    import platform
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for pkg in ("medbench", "torch", "transformers", "peft", "tokenizers", "pycocoevalcap"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "absent"
-    return out
-
-
-def git_info() -> dict[str, Any]:
-    import subprocess
-
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
-                                text=True, timeout=5, check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "-C", str(root), "status", "--porcelain"], capture_output=True,
-                                    text=True, timeout=5).stdout.strip())
-        return {"commit": commit, "dirty": dirty}
-    except Exception:
-        return {"commit": None, "dirty": None}
-
-
 def prepare_tuning(cfg: RunConfig, res: Resolved, backbone: Any, task: Any, device: str) -> tuple[Any, dict]:
     """Train (or reuse by fingerprint) the tuning adapter and attach it.
 
@@ -255,6 +199,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     Under a data-parallel launcher (or ``--shard i/N``) this process decodes its shard only;
     rank 0 merges and scores, the other ranks return a summary of their shard without scores.
     """
+    from medbench import ddp
     from medbench import distributed as dist
     from medbench.metrics.attention import attention_protocol, geometry_resolution
     from medbench.models import load_backbone, resolve_device
@@ -284,9 +229,13 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     backbone = load_backbone(cfg.model, device=device, device_map=cfg.device_map)
     decoder.check_backbone(backbone)
     t_train = time.time()
-    backbone, tuning_info = dist.main_first(
-        info, group, lambda: prepare_tuning(cfg, res, backbone, task, device),
-        None if res.tuning == "none" or group else lambda: tuning_checkpoint(cfg, res, backbone, task) / "COMPLETE")
+    prepare = lambda: prepare_tuning(cfg, res, backbone, task, device)  # noqa: E731
+    if info.parallel and not group and res.tuning != "none":
+        # shards without a process group: rank 0 trains, the others wait for its COMPLETE marker
+        marker = tuning_checkpoint(cfg, res, backbone, task) / "COMPLETE"
+        backbone, tuning_info = ddp.main_first(prepare, is_main=info.is_main, wait=lambda: dist.wait_for_file(marker))
+    else:  # one process, or a process group whose ranks train data-parallel together
+        backbone, tuning_info = prepare()
     train_seconds = time.time() - t_train
     bind = getattr(decoder, "bind", None)
     if callable(bind):  # backbone-dependent defaults (e.g. ControlMLLM's η) enter the fingerprint and run.json
@@ -493,4 +442,4 @@ def _fits_type(value: Any, annotation: Any) -> bool:
     return isinstance(value, base)
 
 
-__all__ = ["RunConfig", "run", "resolve_methods", "parse_params"]
+__all__ = ["RunConfig", "run", "resolve_methods", "run_dir_for", "select_samples", "eval_split", "parse_params"]

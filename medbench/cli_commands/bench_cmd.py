@@ -51,7 +51,8 @@ def main(args: argparse.Namespace) -> int:
 
     from tabulate import tabulate
 
-    from medbench.bench import bench_decode, bench_train
+    from medbench.bench import bench_decode
+    from medbench.bench_train import bench_train
 
     if args.what == "decode":
         out = bench_decode(args.model, args.task, tuple(args.methods), tuple(args.batch_sizes), args.samples,

@@ -24,6 +24,7 @@ from medbench.hashing import sha256_obj
 from medbench.method import TuningMethod
 from medbench.methods.a3tune.params import A3TuneParams, Resolved, resolve
 from medbench.methods.lora import REFERENCE_TRAINER, checkpointing, tuning_lr, tuning_schedule
+from medbench.provenance import package_versions
 
 log = logging.getLogger("medbench")
 
@@ -225,7 +226,7 @@ class A3Tune(TuningMethod):
         atomic_write_json(out_dir / CONFIG_FILE, {
             "method_args": dataclasses.asdict(p), "resolved": dataclasses.asdict(res), "moe": dataclasses.asdict(spec),
             "span_rule": "after the image to the end of the template suffix", "label_spec": self.label_spec(task, res),
-            "heads": fixed, "versions": _versions(),
+            "heads": fixed, "versions": package_versions(("torch", "transformers", "peft")),
         })
         if fixed is not None:
             atomic_write_json(out_dir / "heads.json", {"heads": [{"layer": h // n_heads, "head": h % n_heads} for h in fixed],
@@ -268,15 +269,3 @@ def save_checkpoint(model: Any, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     save_file(a3moe_state_dict(model), str(out_dir / MOE_FILE))
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for pkg in ("torch", "transformers", "peft"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "absent"
-    return out
