@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from medbench.selection import eval_split
 from medbench.types import AnswerType, Sample
 
 __all__ = ["ShowError", "ShowResult", "RunView", "load_run", "run_label", "sample_scores", "show",
@@ -86,8 +87,6 @@ def load_run(run_dir: str | Path) -> RunView:
 
 
 def _find_sample(task: Any, sample_id: str, limit: int | None, split: str | None = None) -> Sample:
-    from medbench.runner import eval_split
-
     samples = sorted(task.load(eval_split(task, split)), key=lambda s: s.id)
     for sample in samples:
         if sample.id == sample_id:

@@ -10,6 +10,7 @@ import yaml
 
 from medbench.errors import ConfigError
 from medbench.method import MethodArgsError, parse_method_args
+from medbench.run_config import parse_config_dict
 
 RUN_FLAGS = ("method", "task", "model", "tuning", "decoding", "limit", "batch_size", "seed", "output_dir",
              "checkpoint_dir", "data_root", "device", "device_map", "max_new_tokens", "bertscore_model",
@@ -142,8 +143,6 @@ def _scalar_or_list(value: Any) -> bool:
 
 
 def build_run_config(args: argparse.Namespace) -> Any:
-    from medbench.runner import parse_config_dict
-
     data = merged_config(args)
     try:
         return parse_config_dict(data)

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from medbench import distributed as dist
 from medbench.cli_commands.common import add_run_flags, build_run_config, formatter
+from medbench.errors import ConfigError
+from medbench.models import load_backbone, resolve_device
+from medbench.registry import METHODS
+from medbench.run_config import open_run_task, resolve_methods
 
 EPILOG = """Training saves a step checkpoint every checkpoint_every steps (a method argument, default 50;
 0 turns it off) in <checkpoint>/state/ and a rerun resumes from it exactly; the state is removed
@@ -35,11 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from medbench import distributed as dist
-    from medbench.errors import ConfigError
-    from medbench.models import load_backbone, resolve_device
-    from medbench.registry import METHODS
-    from medbench.runner import open_run_task, prepare_tuning, resolve_methods
+    from medbench.tuning_plan import prepare_tuning  # lazy: torch, kept off CLI start-up
 
     cfg = build_run_config(args)
     if args.image_root is not None:  # overrides --config's image_root

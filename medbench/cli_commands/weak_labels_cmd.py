@@ -118,7 +118,7 @@ def _labels(args: argparse.Namespace) -> int:
     from medbench.method import parse_method_args
     from medbench.methods.a3tune import A3Tune
     from medbench.registry import TASKS
-    from medbench.runner import check_limit
+    from medbench.selection import check_limit
 
     check_limit(args.limit)
     method = A3Tune(**parse_method_args(args.method_args))
