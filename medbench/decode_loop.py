@@ -9,6 +9,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from medbench import attention_grid
 from medbench.engine import answer_attention
 from medbench.hashing import sample_seed
 from medbench.run_config import RunConfig
@@ -96,9 +97,7 @@ def _decode_ok(cfg: RunConfig, task: Any, backbone: Any, decoder: Any, samples: 
     for i, s in enumerate(samples):
         attn = None
         if maps[i] is not None and s.roi is not None:
-            grid = maps[i]
-            attn = {"grid_size": int(grid.shape[0]), "grid": [float(f"{v:.6g}") for v in grid.reshape(-1)],
-                    "image_size": list(images[i].size)}
+            attn = attention_grid.encode(maps[i], images[i].size)
         out.append(Prediction(
             id=s.id, prompt_hash=batch.prompt_hashes[i], prediction=texts[i], answer=s.answer,
             answer_type=s.answer_type.value, seed=seeds[i], num_tokens=len(gen.tokens[i]), attention=attn,

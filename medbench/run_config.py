@@ -21,33 +21,67 @@ from medbench.registry import METHODS, TASKS
 from medbench.selection import check_limit
 
 
+def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = dataclasses.MISSING,
+           flag: bool = True, flag_name: str | None = None, group: str = "how",
+           commands: tuple[str, ...] = ("run", "train"), **argparse_kwargs: Any) -> Any:
+    """A :class:`RunConfig` field with its command-line flag: ``help`` (``{default}`` is replaced by the
+    field's default), the flag's argument group (``what``/``how``/``report``), the commands that
+    have it, and any other ``argparse`` keyword (``type``, ``choices``, ``metavar``, ``action`` …).
+    ``flag=False``: a YAML/code-only key; ``flag_name`` another spelling than ``--field-name``.
+    Flags default to ``None`` (not given), so a ``--config`` file's value stays unless the flag is
+    given. No default and no ``factory``: a required field."""
+    meta = {"help": help, "flag": flag, "flag_name": flag_name, "group": group, "commands": commands,
+            "argparse": argparse_kwargs}
+    return field(default=default, default_factory=factory, metadata=meta)
+
+
 @dataclass
 class RunConfig:
-    """Everything a run depends on; built from the CLI, a YAML file, or code."""
+    """Everything a run depends on; built from the CLI, a YAML file, or code.
 
-    method: str
-    task: str
-    model: str = "tiny-med-llava"
-    tuning: str | None = None
-    decoding: str | None = None
-    method_args: dict[str, Any] = field(default_factory=dict)
-    limit: int | None = None
-    batch_size: int = 8
-    seed: int = 0
-    output_dir: str = "results/runs"
-    checkpoint_dir: str = "results/checkpoints"
-    data_root: str | None = None
-    image_root: str | None = None  # a second root for tasks whose images live in another folder
-    device: str = "auto"
-    device_map: str | None = None
-    max_new_tokens: int | None = None
-    attention: bool = True
-    allow_failures: bool = False
-    bertscore_model: str | None = None
-    clinical_python: str | None = None
-    progress: bool = True
-    shard: str | None = None
-    split: str | None = None  # evaluate another split than the task's test split (e.g. val)
+    Each field declares its flag (help text, group, commands) once, here: ``medbench run``/``train``
+    generate their flags from these fields, and ``--config`` files take the same names as keys.
+    """
+
+    method: str = option(help="decoding (greedy, beam, nucleus, …) or tuning (lora, a3tune) method", group="what")
+    task: str = option(help="task name, e.g. phantom-vqa (see `medbench list tasks`)", group="what")
+    model: str = option("tiny-med-llava", "backbone name or local checkpoint directory (default {default})",
+                        group="what")
+    tuning: str | None = option(None, "tuning to compose with a decoding method: none|lora|a3tune", group="what")
+    decoding: str | None = option(None, "decoding method after a tuning method (default greedy)", group="what")
+    method_args: dict[str, Any] = option(
+        factory=dict, help="method hyperparameters, e.g. top_p=0.8; repeated flags add up, a name given twice is an error; "
+        "they override --config's method_args; prefix tuning./decoding. when a name fits both", group="what",
+        nargs="*", action="extend", metavar="K=V")
+    limit: int | None = option(None, "first N ≥ 1 samples only (for quick checks; marked in tables); leave it out "
+                               "for every sample", type=int)
+    batch_size: int = option(8, "samples per forward pass (default {default})", type=int)
+    seed: int = option(0, "global seed (default {default}); per-sample seeds derive from it", type=int)
+    output_dir: str = option("results/runs", "where runs are written (default {default})")
+    checkpoint_dir: str = option("results/checkpoints", "where tuning adapters are cached (default {default})")
+    data_root: str | None = option(None, "dataset directory (default $MEDBENCH_DATA/<task>)")
+    image_root: str | None = option(
+        None, "a second root holding the task's images when they are not under --data-root (iu-xray-vqa: "
+        "R2Gen's iu_xray/; omnimedvqa: the OmniMedVQA folder with Images/; mimic-cxr-report: the MIMIC-CXR-JPG "
+        "folder with files/); see `medbench data check --help`", metavar="DIR")
+    device: str = option("auto", "default {default}", choices=["auto", "cpu", "cuda"])
+    device_map: str | None = option(None, "shard a model too large for one GPU (accelerate)", choices=["auto"])
+    max_new_tokens: int | None = option(None, "default 16 for VQA, 80 for reports", type=int)
+    attention: bool = option(True, "skip attention capture (no coverage/intensity)", commands=("run",),
+                             flag_name="--no-attention", action="store_const", const=False)
+    allow_failures: bool = option(False, "exit 0 even if some samples failed", commands=("run",),
+                                  action="store_const", const=True)
+    bertscore_model: str | None = option(None, "local roberta-large directory for BERTScore (or minilm-l6-local, "
+                                         "tests only, not comparable)", group="report", metavar="DIR")
+    clinical_python: str | None = option(None, "interpreter of the clinical-metrics environment (see medbench "
+                                         "setup-clinical)", group="report", metavar="PATH")
+    progress: bool = option(True, flag=False)  # -q turns it off
+    shard: str | None = option(None, "decode shard I of N (e.g. a SLURM array task); shard 0 waits for the "
+                               "others, merges and scores. torchrun/accelerate set this from RANK/WORLD_SIZE",
+                               metavar="I/N")
+    split: str | None = option(None, "evaluate this split instead of the task's test split, e.g. val to choose "
+                               "hyperparameters (the run directory gets @NAME; tables leave such runs out)",
+                               metavar="NAME")
 
 
 @dataclass

@@ -20,8 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from medbench import attention_grid
 from medbench.atomic import atomic_write_json
 from medbench.errors import IncompleteRun
 from medbench.geometry import roi_in_frame
@@ -74,8 +73,7 @@ def score_vqa(rows: list[dict[str, Any]], samples: dict[str, Sample], geometry: 
         attn = row.get("attention")
         if row.get("error") or sample.roi is None or not attn:
             continue
-        g = int(attn["grid_size"])
-        grid = np.asarray(attn["grid"], dtype=np.float64).reshape(g, g)
+        grid = attention_grid.decode(attn)
         mask = roi_in_frame(sample.roi, tuple(attn["image_size"]), geometry)
         attn_rows.append({"id": row["id"], "attention_grid": grid, "roi_mask": mask})
     counts["with_roi"] = sum(1 for r in rows if samples[r["id"]].roi is not None)

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from medbench import attention_grid
 from medbench.selection import eval_split
 from medbench.types import AnswerType, Sample
 
@@ -134,12 +135,10 @@ def _roi_mask(sample: Sample, geometry: dict[str, Any]) -> np.ndarray | None:
 
 
 def _attention(row: dict[str, Any]) -> np.ndarray:
-    attn = row["attention"]
-    g = int(attn["grid_size"])
-    grid = np.asarray(attn["grid"], dtype=np.float64)
-    if grid.size != g * g or not np.all(np.isfinite(grid)):
-        raise ShowError(f"sample {row['id']!r}: attention grid is not {g}x{g} finite values")
-    return grid.reshape(g, g)
+    try:
+        return attention_grid.decode(row["attention"], check=True)
+    except attention_grid.AttentionGridError as exc:
+        raise ShowError(f"sample {row['id']!r}: {exc}") from None
 
 
 def sample_scores(grid: np.ndarray, roi: np.ndarray | None) -> dict[str, float]:

@@ -31,20 +31,14 @@ examples:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a tuning method (lora, a3tune) on a task's train split",
                        epilog=EPILOG, formatter_class=formatter())
-    add_run_flags(p)
-    p.add_argument("--image-root", metavar="DIR",
-                   help="a second root holding the task's images when they are not under --data-root "
-                   "(iu-xray-vqa: R2Gen's iu_xray/; omnimedvqa: the OmniMedVQA folder with Images/; "
-                   "mimic-cxr-report: the MIMIC-CXR-JPG folder with files/); overrides --config's image_root")
+    add_run_flags(p, "train")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
     from medbench.tuning_plan import prepare_tuning  # lazy: torch, kept off CLI start-up
 
-    cfg = build_run_config(args)
-    if args.image_root is not None:  # overrides --config's image_root
-        cfg.image_root = args.image_root
+    cfg = build_run_config(args)  # --image-root, like every flag, overrides --config
     if METHODS.entry(cfg.method).info["kind"] != "tuning":
         raise ConfigError(f"--method {cfg.method} is a decoding method; train takes lora or a3tune")
     res = resolve_methods(cfg)
