@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from medbench import attention_grid
+from medbench.registry import METHODS
 from medbench.selection import eval_split
 from medbench.types import AnswerType, Sample
 
@@ -34,7 +35,6 @@ __all__ = ["ShowError", "ShowResult", "RunView", "load_run", "run_label", "sampl
 
 log = logging.getLogger("medbench")
 PANEL_IN = 3.0
-TUNING_NAMES = {"none": "base", "lora": "LoRA", "a3tune": "A3TUNE"}
 
 
 class ShowError(ValueError):
@@ -66,8 +66,9 @@ class ShowResult:
 
 
 def run_label(tuning: str, decoding: str) -> str:
-    """The panel title of a run, e.g. ``base+greedy`` or ``A3TUNE+greedy``."""
-    return f"{TUNING_NAMES.get(tuning, tuning)}+{decoding}"
+    """The panel title of a run, e.g. ``base+greedy`` or ``A3TUNE+greedy`` (the tuning method's label)."""
+    name = "base" if tuning == "none" else METHODS.entry(tuning).info.get("label", tuning) if tuning in METHODS else tuning
+    return f"{name}+{decoding}"
 
 
 def load_run(run_dir: str | Path) -> RunView:

@@ -47,6 +47,13 @@ class A3Tune(TuningMethod):
     label = "A3TUNE"
     block_label = "LoRA"  # its adapters are LoRA: the paper prints A3TUNE rows in the LoRA block
     row_label = "A3TUNE"
+    commands = {"weak-labels": "medbench.methods.a3tune.cli"}  # CLI subcommands it provides (module with add_parser)
+
+    @classmethod
+    def bench_trainers(cls) -> dict[str, Any]:
+        from medbench.methods.a3tune.bench import TRAINERS  # imports medbench.bench_train
+
+        return dict(TRAINERS)
     baseline_decodings = ("greedy",)  # its paper setting
     Params = A3TuneParams
     ALIASES = ALIASES

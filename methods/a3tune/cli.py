@@ -1,4 +1,7 @@
-"""``medbench weak-labels``: build, evaluate and train the scorer of A³TUNE's prompt-aware weak labels."""
+"""``medbench weak-labels``: build, evaluate and train the scorer of A³TUNE's prompt-aware weak labels.
+
+A subcommand A³TUNE provides (``A3Tune.commands``); the CLI finds it through the method registry.
+"""
 
 from __future__ import annotations
 
