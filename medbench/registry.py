@@ -198,7 +198,7 @@ BACKBONES: Registry = Registry("model", _backbone_base, _backbone_info)
 TASKS.add("phantom-vqa", "medbench.tasks.phantom:PhantomVQA", kind="vqa", embedded=True)
 TASKS.add("phantom-report", "medbench.tasks.phantom:PhantomReport", kind="report", embedded=True)
 # kind/embedded/label repeat the classes' attributes (listing and tables import no task module;
-# tests/test_registry_cli.py checks that they agree); paper datasets in the paper's column order.
+# tests/cli/test_registry_cli.py checks that they agree); paper datasets in the paper's column order.
 TASKS.add("slake", "medbench.tasks.slake:SLAKE", kind="vqa", embedded=False, label="SLAKE")
 TASKS.add("vqa-rad", "medbench.tasks.vqa_rad:VQARAD", kind="vqa", embedded=False, label="VQA-RAD")
 TASKS.add("pathvqa", "medbench.tasks.pathvqa:PathVQA", kind="vqa", embedded=False, label="PathVQA")
@@ -210,7 +210,7 @@ TASKS.add("mimic-cxr-report", "medbench.tasks.mimic_cxr:MIMICCXRReport", kind="r
 
 # ---- methods -----------------------------------------------------------------------------------
 # kind/label (and a tuning's block_label/row_label) repeat the classes' attributes so that listing
-# and tables import no method module; tests/test_registry_cli.py checks that they agree.
+# and tables import no method module; tests/cli/test_registry_cli.py checks that they agree.
 # Decoding methods are listed in the paper's row order (tables sort rows by it).
 # fmt: off
 METHODS.add("greedy", "medbench.methods.greedy:Greedy", kind="decoding", label="Greedy")
