@@ -9,7 +9,8 @@ import time
 from typing import Any
 
 
-def _sync(device: str) -> None:
+def sync_device(device: str) -> None:
+    """Wait for queued CUDA work (timings on a GPU are otherwise of the launch only)."""
     if device.startswith("cuda"):
         import torch
 
@@ -66,7 +67,7 @@ def bench_decode(model: str = "tiny-med-llava", task: str = "phantom-vqa", metho
 
     def one_pass(name: str, bs: int) -> tuple[float, int]:
         method = instances[name]
-        _sync(device)
+        sync_device(device)
         start = time.perf_counter()
         tokens = 0
         for i in range(0, len(samples), bs):
@@ -75,7 +76,7 @@ def bench_decode(model: str = "tiny-med-llava", task: str = "phantom-vqa", metho
             with torch.inference_mode():
                 gen = method.generate(backbone, batch, seeds, max_new_tokens)
             tokens += sum(len(x) + 1 for x in gen.tokens)
-        _sync(device)
+        sync_device(device)
         return time.perf_counter() - start, tokens
 
     times: dict[tuple[str, int], list[float]] = {c: [] for c in configs}
@@ -108,10 +109,3 @@ def bench_decode(model: str = "tiny-med-llava", task: str = "phantom-vqa", metho
     return {"device": device, "model": model, "task": task, "torch_threads": torch.get_num_threads(),
             "max_new_tokens": max_new_tokens, "warmup": warmup, "repeats": repeats, "statistic": "median",
             "rows": rows}
-
-
-def bench_train(*args: Any, **kwargs: Any) -> dict[str, Any]:
-    """A³TUNE vs LoRA training steps side by side (see :mod:`medbench.bench_train`)."""
-    from medbench.bench_train import bench_train as run
-
-    return run(*args, **kwargs)

@@ -27,7 +27,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-CONFIGS = ("lora", "a3moe", "a3tune", "a3tune-naive")
+from medbench.bench import load_bench_backbone, sync_device
+from medbench.models import resolve_device
+from medbench.provenance import versions
+from medbench.registry import METHODS, TASKS
+
+# torch, peft and medbench.training are imported inside the functions: `medbench bench --help`
+# (the CLI imports this module at start-up) must not pay for torch.
+
 TARGETS = {"step_time": 1.10, "peak_memory": 1.05}
 MIB = 2**20
 
@@ -43,71 +50,22 @@ class Trainer:
     notes: dict[str, Any] = field(default_factory=dict)
 
 
-def _lora(backbone: Any, task: Any, samples: list[Any]) -> Trainer:
-    import torch
-    from peft import get_peft_model
-
-    from medbench.methods.lora import LoRA
-    from medbench.training import answer_loss
-
-    torch.manual_seed(0)
-    model = get_peft_model(backbone.model, LoRA().peft_config())
-
-    def teardown() -> None:
-        backbone.model = model.unload()
-
-    return Trainer(model, backbone, lambda out, batch: answer_loss(out.logits, batch.labels), teardown)
-
-
-def _a3tune(backbone: Any, task: Any, samples: list[Any], *, align: bool, naive: bool = False) -> Trainer:
-    import torch
-    from peft import get_peft_model
-
-    from medbench.methods.a3tune import A3Tune
-    from medbench.methods.a3tune.context import A3Hooks, template_suffix
-    from medbench.methods.a3tune.moe import RoutingState, install_a3moe, remove_a3moe
-    from medbench.methods.a3tune.objective import AlignObjective, SampleRecorder
-    from medbench.methods.a3tune.weak_labels import gt_labels
-    from medbench.training import answer_loss
-
-    method = A3Tune(labels="gt", **({} if align else {"lam": 0}))
-    p, res = method.params, method.resolved(backbone, task)
-    torch.manual_seed(0)
-    model = get_peft_model(backbone.model, method.peft_config())
-    state = RoutingState()
-    install_a3moe(model, method.moe_spec(res, backbone), state)
-    recorder = SampleRecorder(backbone, model)
-    hooks = A3Hooks(backbone.image_token_id, template_suffix(backbone), state,
-                    align_rows=p.align_rows if res.aligns else None).attach(model)
-    hooks.all_heads = naive
-    objective = None
-    if res.aligns:
-        grids = gt_labels(samples, backbone.geometry(), p.grid_rule).grids
-        objective = AlignObjective(hooks, recorder, state, grids, lam=res.lam, top_r=res.top_heads,
-                                   n_heads=int(backbone.text_config.num_attention_heads),
-                                   options={"align_reduce": p.align_reduce, "align_loss": p.align_loss,
-                                            "align_norm": p.align_norm})
-
-    def loss(out: Any, batch: Any) -> Any:
-        ce = answer_loss(out.logits, batch.labels, p.ce_reduction)
-        return ce + objective(out, batch) if objective is not None else ce
-
-    def teardown() -> None:
-        hooks.detach()
-        remove_a3moe(model)
-        backbone.model = model.unload()
-
-    notes = {"lam": res.lam, "top_heads": res.top_heads, "total_heads": res.total_heads} if res.aligns else {}
-    return Trainer(model, recorder.backbone, loss, teardown, notes)
+def bench_configs() -> dict[str, Any]:
+    """Every training configuration the registered tuning methods provide (``bench_trainers``), in
+    registry order: name → factory(backbone, task, samples)."""
+    out: dict[str, Any] = {}
+    for name in METHODS.in_order():
+        if METHODS.entry(name).info.get("kind") == "tuning":
+            out.update(METHODS.get(name).bench_trainers())
+    return out
 
 
 def make_trainer(name: str, backbone: Any, task: Any, samples: list[Any]) -> Trainer:
-    """The configuration ``name`` (one of :data:`CONFIGS`) wrapped around ``backbone.model``."""
-    if name == "lora":
-        return _lora(backbone, task, samples)
-    if name not in CONFIGS:
-        raise ValueError(f"unknown training configuration {name!r}; choose from {', '.join(CONFIGS)}")
-    return _a3tune(backbone, task, samples, align=name != "a3moe", naive=name == "a3tune-naive")
+    """The configuration ``name`` (one of :func:`bench_configs`) wrapped around ``backbone.model``."""
+    configs = bench_configs()
+    if name not in configs:
+        raise ValueError(f"unknown training configuration {name!r}; choose from {', '.join(configs)}")
+    return configs[name](backbone, task, samples)
 
 
 def held_bytes(model: Any, optimizer: Any) -> int:
@@ -165,10 +123,10 @@ def measure(trainer: Trainer, build: Callable[[Any], Any], chunks: list[Any], de
     times, cpu = [], []
     for i, chunk in enumerate(chunks[:-1]):
         batch = build(chunk)
-        _sync(device)
+        sync_device(device)
         start, start_cpu = time.perf_counter(), time.process_time()
         step(batch)
-        _sync(device)
+        sync_device(device)
         if i >= warmup:
             times.append(time.perf_counter() - start)
             cpu.append(time.process_time() - start_cpu)
@@ -180,19 +138,12 @@ def measure(trainer: Trainer, build: Callable[[Any], Any], chunks: list[Any], de
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
         step(last)
-        _sync(device)
+        sync_device(device)
         peak, method = torch.cuda.max_memory_allocated(), "torch.cuda.max_memory_allocated"
     else:
         held = held_bytes(model, opt)
         peak, method = held + cpu_step_peak(lambda: step(last)), "held tensors + profiler allocator peak"
     return {**out, "peak_mib": round(peak / MIB, 2), "loss": round(state["loss"], 4), "memory_method": method}
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        import torch
-
-        torch.cuda.synchronize()
 
 
 def ratios(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -217,7 +168,7 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 
 def bench_train(model: str = "tiny-med-llava", task: str = "phantom-vqa", batch_size: int = 8, steps: int = 10,
                 device: str = "auto", shape: str | None = None, shape_scale: str = "full",
-                configs: tuple[str, ...] = CONFIGS, warmup: int = 2, rounds: int = 2) -> dict[str, Any]:
+                configs: tuple[str, ...] | None = None, warmup: int = 2, rounds: int = 2) -> dict[str, Any]:
     """Side-by-side training steps of ``configs`` on the same batches; ratios against ``lora``.
 
     The configurations take turns for ``rounds`` rounds (so drift in machine load spreads over
@@ -225,12 +176,9 @@ def bench_train(model: str = "tiny-med-llava", task: str = "phantom-vqa", batch_
     """
     import torch
 
-    from medbench.bench import load_bench_backbone
-    from medbench.models import resolve_device
-    from medbench.registry import TASKS
-    from medbench.runner import versions
     from medbench.training import training_batch
 
+    configs = tuple(bench_configs()) if configs is None else configs
     device = resolve_device(device)
     backbone = load_bench_backbone(model, device, shape, shape_scale)
     model = backbone.checkpoint_id if shape else model

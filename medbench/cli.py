@@ -20,7 +20,6 @@ SUBCOMMANDS = {
     "bench": "medbench.cli_commands.bench_cmd",
     "convert": "medbench.cli_commands.convert_cmd",
     "data": "medbench.cli_commands.data_cmd",
-    "weak-labels": "medbench.cli_commands.weak_labels_cmd",
     "sweep": "medbench.cli_commands.sweep_cmd",
     "show": "medbench.cli_commands.show_cmd",
     "setup-clinical": "medbench.cli_commands.setup_clinical_cmd",
@@ -50,7 +49,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in SUBCOMMANDS.values():
         importlib.import_module(module).add_parser(sub)
+    for module in method_commands().values():
+        importlib.import_module(module).add_parser(sub)
     return parser
+
+
+def method_commands() -> dict[str, str]:
+    """Subcommands the built-in methods provide (``commands`` on the class, e.g. A³TUNE's
+    ``weak-labels``): name → module with ``add_parser``. Read from the registry; imports no method."""
+    from medbench.registry import METHODS
+
+    out: dict[str, str] = {}
+    for name in METHODS.in_order():
+        for command, module in METHODS.entry(name).info.get("commands", {}).items():
+            if command in SUBCOMMANDS or command in out:
+                raise ValueError(f"method {name} provides the subcommand {command!r}, which exists already")
+            out[command] = module
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -126,11 +126,20 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def main_first(work: Callable[[], T]) -> T:
-    """Rank 0 runs ``work`` first (filling shared caches), then the other ranks run it."""
-    if not is_main_process():
+def main_first(work: Callable[[], T], *, is_main: bool | None = None, wait: Callable[[], None] | None = None) -> T:
+    """Rank 0 runs ``work`` first (filling a shared cache, training an adapter), then the others run it.
+
+    By default the ranks are those of the running process group and meet at a barrier. ``is_main``
+    and ``wait`` give another rendezvous: the other ranks call ``wait()`` (e.g. poll for a file
+    rank 0 writes) before they run ``work``; rank 0 then does not wait for them.
+    """
+    if wait is None:
+        if not is_main_process():
+            sync_point()
+            return work()
+        out = work()
         sync_point()
-        return work()
-    out = work()
-    sync_point()
-    return out
+        return out
+    if not is_main:
+        wait()
+    return work()

@@ -16,10 +16,10 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from medbench.atomic import atomic_write_bytes, atomic_write_json
 from medbench.errors import ConfigError, IncompleteRun
@@ -31,7 +31,6 @@ log = logging.getLogger("medbench")
 PREDICTIONS = "predictions.jsonl"
 RANK_FILE = re.compile(r"^predictions\.rank(\d+)(?:-of(\d+))?\.jsonl$")
 DEFAULT_WAIT_S = 24 * 3600.0
-T = TypeVar("T")
 
 
 class MergeError(IncompleteRun):
@@ -208,21 +207,6 @@ def finish_group(group: bool) -> None:
 
         if dist.is_initialized():
             dist.destroy_process_group()
-
-
-def main_first(info: DistInfo, group: bool, work: Callable[[], T], marker: Callable[[], Path] | None) -> T:
-    """Rank 0 does ``work`` (e.g. trains the adapter) first; the other ranks wait, then reuse it."""
-    if not info.parallel or marker is None:
-        return work()
-    if info.is_main:
-        out = work()
-        barrier(group)
-        return out
-    if group:
-        barrier(group)
-    else:
-        wait_for_file(marker())
-    return work()
 
 
 def wait_for_file(path: Path, timeout_s: float = DEFAULT_WAIT_S, poll_s: float = 1.0) -> None:

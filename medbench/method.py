@@ -252,6 +252,9 @@ class Method(ABC):
     Params: ClassVar[type] = NoParams
     #: Other accepted names of parameters (``{"lambda": "lam"}``); a name and its alias together are an error.
     ALIASES: ClassVar[dict[str, str]] = {}
+    #: CLI subcommands the method provides: ``{"weak-labels": "<module with add_parser(sub)>"}``
+    #: (built-ins state it in the registry too, so the CLI finds them without importing the method).
+    commands: ClassVar[dict[str, str]] = {}
 
     def __init__(self, **overrides: Any):
         self.params = parse_params(self.Params, canonical_args(self.ALIASES, overrides))
@@ -305,6 +308,12 @@ class TuningMethod(Method):
     #: The decodings the CI baseline suite (``medbench baselines``) pairs with this tuning;
     #: ``None``: every built-in decoding method.
     baseline_decodings: ClassVar[tuple[str, ...] | None] = None
+
+    @classmethod
+    def bench_trainers(cls) -> dict[str, Any]:
+        """``medbench bench train`` configurations: name → ``factory(backbone, task, samples)`` returning a
+        :class:`medbench.bench_train.Trainer` (its model, per-batch loss and teardown). None by default."""
+        return {}
 
     @abstractmethod
     def fingerprint(self, backbone: Any, task: Any, seed: int) -> str:

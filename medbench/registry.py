@@ -168,7 +168,10 @@ def _backbone_base() -> type:
 
 
 def _task_info(cls: type) -> dict[str, Any]:
-    return {"kind": cls.kind, "embedded": bool(getattr(cls, "embedded", False))}
+    info = {"kind": cls.kind, "embedded": bool(getattr(cls, "embedded", False))}
+    if getattr(cls, "label", None):
+        info["label"] = cls.label
+    return info
 
 
 def _method_info(cls: type) -> dict[str, Any]:
@@ -177,6 +180,8 @@ def _method_info(cls: type) -> dict[str, Any]:
         info["block_label"] = getattr(cls, "block_label", None) or info["label"]
         if getattr(cls, "row_label", None):
             info["row_label"] = cls.row_label
+    if getattr(cls, "commands", None):
+        info["commands"] = dict(cls.commands)
     return info
 
 
@@ -192,17 +197,20 @@ BACKBONES: Registry = Registry("model", _backbone_base, _backbone_info)
 # ---- tasks -------------------------------------------------------------------------------------
 TASKS.add("phantom-vqa", "medbench.tasks.phantom:PhantomVQA", kind="vqa", embedded=True)
 TASKS.add("phantom-report", "medbench.tasks.phantom:PhantomReport", kind="report", embedded=True)
-TASKS.add("slake", "medbench.tasks.slake:SLAKE", kind="vqa", embedded=False)
-TASKS.add("vqa-rad", "medbench.tasks.vqa_rad:VQARAD", kind="vqa", embedded=False)
-TASKS.add("pathvqa", "medbench.tasks.pathvqa:PathVQA", kind="vqa", embedded=False)
-TASKS.add("iu-xray-vqa", "medbench.tasks.iu_xray:IUXrayVQA", kind="vqa", embedded=False)
-TASKS.add("omnimedvqa", "medbench.tasks.omnimedvqa:OmniMedVQA", kind="vqa", embedded=False)
-TASKS.add("iu-xray-report", "medbench.tasks.iu_xray:IUXrayReport", kind="report", embedded=False)
-TASKS.add("mimic-cxr-report", "medbench.tasks.mimic_cxr:MIMICCXRReport", kind="report", embedded=False)
+# kind/embedded/label repeat the classes' attributes (listing and tables import no task module;
+# tests/cli/test_registry_cli.py checks that they agree); paper datasets in the paper's column order.
+TASKS.add("slake", "medbench.tasks.slake:SLAKE", kind="vqa", embedded=False, label="SLAKE")
+TASKS.add("vqa-rad", "medbench.tasks.vqa_rad:VQARAD", kind="vqa", embedded=False, label="VQA-RAD")
+TASKS.add("pathvqa", "medbench.tasks.pathvqa:PathVQA", kind="vqa", embedded=False, label="PathVQA")
+TASKS.add("iu-xray-vqa", "medbench.tasks.iu_xray:IUXrayVQA", kind="vqa", embedded=False, label="IU-Xray")
+TASKS.add("omnimedvqa", "medbench.tasks.omnimedvqa:OmniMedVQA", kind="vqa", embedded=False, label="OmniVQA")
+TASKS.add("iu-xray-report", "medbench.tasks.iu_xray:IUXrayReport", kind="report", embedded=False, label="IU-Xray")
+TASKS.add("mimic-cxr-report", "medbench.tasks.mimic_cxr:MIMICCXRReport", kind="report", embedded=False,
+          label="MIMIC-CXR")
 
 # ---- methods -----------------------------------------------------------------------------------
 # kind/label (and a tuning's block_label/row_label) repeat the classes' attributes so that listing
-# and tables import no method module; tests/test_registry_cli.py checks that they agree.
+# and tables import no method module; tests/cli/test_registry_cli.py checks that they agree.
 # Decoding methods are listed in the paper's row order (tables sort rows by it).
 # fmt: off
 METHODS.add("greedy", "medbench.methods.greedy:Greedy", kind="decoding", label="Greedy")
@@ -218,7 +226,7 @@ METHODS.add("pai", "medbench.methods.pai:PAI", kind="decoding", label="PAI")
 METHODS.add("controlmllm", "medbench.methods.controlmllm:ControlMLLM", kind="decoding", label="ControlMLLM")
 METHODS.add("lora", "medbench.methods.lora:LoRA", kind="tuning", label="LoRA", block_label="LoRA")
 METHODS.add("a3tune", "medbench.methods.a3tune:A3Tune", kind="tuning", label="A3TUNE", block_label="LoRA",
-            row_label="A3TUNE")
+            row_label="A3TUNE", commands={"weak-labels": "medbench.methods.a3tune.cli"})
 # fmt: on
 
 # ---- backbones ---------------------------------------------------------------------------------

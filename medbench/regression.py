@@ -39,6 +39,8 @@ from typing import Any
 
 from medbench.atomic import atomic_write_json
 from medbench.errors import ConfigError
+from medbench.runner import RunConfig, run
+from medbench.scoring import latest_rows
 
 log = logging.getLogger("medbench")
 
@@ -138,8 +140,6 @@ def select(entries: Iterable[Entry], patterns: list[str] | None) -> list[Entry]:
 def run_entry(entry: Entry, suite: Suite, workdir: Path, *, args: dict[str, Any] | None = None,
               progress: bool = False) -> dict[str, Any]:
     """Run one entry through the normal runner (adapters cached under ``workdir/checkpoints``)."""
-    from medbench.runner import RunConfig, run
-
     method_args: dict[str, Any] = {}
     if entry.tuning != "none":
         method_args.update({f"tuning.{k}": v for k, v in suite.tuning_args[entry.tuning].items()})
@@ -179,7 +179,6 @@ def _meteor_ci(results: dict[str, Any]) -> dict[str, Any] | None:
     """METEOR's bootstrap CI (opt-in in scoring because it re-scores every resample)."""
     from medbench.metrics.report import ReportMetrics
     from medbench.predictions import read_rows
-    from medbench.scoring import latest_rows
 
     _, raw = read_rows(Path(results["run_dir"]) / "predictions.jsonl")
     by_id = latest_rows(raw)

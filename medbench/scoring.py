@@ -11,24 +11,33 @@ percentile-bootstrap 95 % CI.
 from __future__ import annotations
 
 import dataclasses
+import datetime as _dt
 import json
 import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import numpy as np
-
+from medbench import attention_grid
 from medbench.atomic import atomic_write_json
 from medbench.errors import IncompleteRun
+from medbench.geometry import roi_in_frame
+from medbench.metrics import MetricUnavailable
+from medbench.metrics import report as report_metrics
+from medbench.metrics.attention import AttentionMetrics, geometry_resolution
+from medbench.metrics.bertscore import BertScoreMetric
+from medbench.metrics.clinical_client import PYTHON_ENV, ClinicalMetrics, ClinicalMetricsError
+from medbench.metrics.mc import MCMetrics
+from medbench.metrics.medheval import MedHEvalReportMetrics
+from medbench.metrics.vqa import VQAMetrics
 from medbench.predictions import read_rows
+from medbench.provenance import git_info, versions
 from medbench.schema import SCHEMA_VERSION
+from medbench.selection import eval_split, select_samples
+from medbench.task import open_task
 from medbench.types import Sample
-
-if TYPE_CHECKING:
-    from medbench.metrics.attention import AttentionMetrics
 
 log = logging.getLogger("medbench")
 
@@ -55,9 +64,6 @@ def _result_entries(results: dict[str, Any]) -> tuple[dict[str, Any], dict[str, 
 
 def score_vqa(rows: list[dict[str, Any]], samples: dict[str, Sample], geometry: dict[str, Any],
               seed: int) -> tuple[dict, dict, dict, dict]:
-    from medbench.geometry import roi_in_frame
-    from medbench.metrics.vqa import VQAMetrics
-
     vqa = VQAMetrics("llava_med", seed=seed).compute(rows)
     metrics, cis, per_sample = _result_entries(vqa)
     counts: dict[str, int] = {}
@@ -67,8 +73,7 @@ def score_vqa(rows: list[dict[str, Any]], samples: dict[str, Sample], geometry: 
         attn = row.get("attention")
         if row.get("error") or sample.roi is None or not attn:
             continue
-        g = int(attn["grid_size"])
-        grid = np.asarray(attn["grid"], dtype=np.float64).reshape(g, g)
+        grid = attention_grid.decode(attn)
         mask = roi_in_frame(sample.roi, tuple(attn["image_size"]), geometry)
         attn_rows.append({"id": row["id"], "attention_grid": grid, "roi_mask": mask})
     counts["with_roi"] = sum(1 for r in rows if samples[r["id"]].roi is not None)
@@ -91,8 +96,6 @@ def score_vqa(rows: list[dict[str, Any]], samples: dict[str, Sample], geometry: 
 
 def attention_metrics(geometry: Mapping[str, Any], seed: int) -> AttentionMetrics:
     """The attention metrics of a run, at its grid and frame."""
-    from medbench.metrics.attention import AttentionMetrics, geometry_resolution
-
     return AttentionMetrics(seed=seed, **geometry_resolution(geometry))
 
 
@@ -109,8 +112,6 @@ def scored_attention_protocol(run_info: Mapping[str, Any]) -> str | None:
 
 
 def score_mc(rows: list[dict[str, Any]], samples: dict[str, Sample], seed: int) -> tuple[dict, dict, dict, dict]:
-    from medbench.metrics.mc import MCMetrics
-
     mc_rows = [{**r, "options": samples[r["id"]].meta.get("options")} for r in rows]
     results = MCMetrics(seed=seed).compute(mc_rows)
     metrics, cis, per_sample = _result_entries(results)
@@ -141,8 +142,6 @@ def _add_family(name: str, build: Callable[[], Any], rows: list[dict[str, Any]],
                 out: tuple[dict, dict, dict, dict], unavailable: dict[str, str], details: dict[str, Any],
                 expected: tuple[type[Exception], ...] = ()) -> None:
     """Compute one optional metric family into ``out``; a failure is recorded, never raised."""
-    from medbench.metrics import MetricUnavailable
-
     metrics, cis, per_sample, counts = out
     try:
         family = build()
@@ -174,30 +173,23 @@ def score_report(rows: list[dict[str, Any]], seed: int, bertscore_model: str | N
     and each family's protocol/version record to ``counts["metric_details"]`` (both dicts, which
     :func:`score_run` moves out of ``counts``).
     """
-    from medbench.metrics import MetricUnavailable
-    from medbench.metrics.report import REPORT_KEYS, ReportMetrics
-
     unavailable: dict[str, str] = {}
     details: dict[str, Any] = {}
     try:
-        metrics, cis, per_sample = _result_entries(ReportMetrics(seed=seed).compute(rows))
+        metrics, cis, per_sample = _result_entries(report_metrics.ReportMetrics(seed=seed).compute(rows))
         counts: dict[str, Any] = {"report": len(rows)}
     except MetricUnavailable as exc:
         log.error("report metrics unavailable: %s", exc)
-        metrics, cis, per_sample = {k: None for k in REPORT_KEYS}, {k: None for k in REPORT_KEYS}, {}
+        metrics, cis, per_sample = {k: None for k in report_metrics.REPORT_KEYS}, {k: None for k in report_metrics.REPORT_KEYS}, {}
         counts = {"report_metrics_unavailable": 1}
         unavailable["coco"] = str(exc)
     out = (metrics, cis, per_sample, counts)
     if bertscore_model:
-        from medbench.metrics.bertscore import BertScoreMetric
-
         _add_family("bertscore", lambda: BertScoreMetric(bertscore_model, baseline_path=bertscore_baseline,
                                                          device=bertscore_device, seed=seed),
                     rows, out, unavailable, details)
     else:
         unavailable["bertscore"] = "no BERTScore model configured (a local roberta-large directory)"
-    from medbench.metrics.clinical_client import PYTHON_ENV, ClinicalMetrics, ClinicalMetricsError
-
     if clinical_python or os.environ.get(PYTHON_ENV):
         kwargs = {"metrics": clinical_metrics} if clinical_metrics else {}
         _add_family("clinical", lambda: ClinicalMetrics(clinical_python=clinical_python, models_root=models_root,
@@ -207,8 +199,6 @@ def score_report(rows: list[dict[str, Any]], seed: int, bertscore_model: str | N
         unavailable["clinical"] = ("no clinical environment configured (`medbench setup-clinical`, then "
                                    f"clinical_python or {PYTHON_ENV})")
     if medheval:
-        from medbench.metrics.medheval import MedHEvalReportMetrics
-
         _add_family("medheval", lambda: MedHEvalReportMetrics(seed=seed), rows, out, unavailable, details)
     for family, factory in (task_families or {}).items():
         _add_family(family, lambda f=factory: f(seed), rows, out, unavailable, details, (Exception,))
@@ -257,14 +247,10 @@ def score_run(run_dir: str | Path, *, samples: list[Sample] | None = None, task:
     """
     if report_options is not None and not isinstance(report_options, ReportOptions):
         report_options = ReportOptions(**dict(report_options))
-    from medbench.runner import eval_split, select_samples, versions
-
     run_dir = Path(run_dir)
     run_info = json.loads((run_dir / "run.json").read_text())
     config = run_info["config"]
     if task is None:
-        from medbench.task import open_task
-
         task = open_task(config["task"], config.get("data_root"), run_info.get("task_version"),
                          image_root=config.get("image_root"))
     if samples is None:
@@ -321,15 +307,13 @@ def score_run(run_dir: str | Path, *, samples: list[Sample] | None = None, task:
         "fingerprint": run_info["fingerprint"],
         "seed": seed,
         "versions": versions(),
-        "git": __import__("medbench.runner", fromlist=["git_info"]).git_info(),
+        "git": git_info(),
         "timing": extra.get("timing", previous.get("timing", {})),
         "run_dir": str(run_dir),
     }
     quality = training_label_quality(run_info.get("tuning_checkpoint"), getattr(task, "train_split", None))
     if quality is not None:
         results["weak_label_quality"] = quality
-    import datetime as _dt
-
     results["timing"] = {**results["timing"], "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat()}
     atomic_write_json(run_dir / "per_sample.json", per_sample)
     atomic_write_json(run_dir / "results.json", results)

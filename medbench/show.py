@@ -25,6 +25,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from medbench import attention_grid
+from medbench.registry import METHODS
+from medbench.selection import eval_split
 from medbench.types import AnswerType, Sample
 
 __all__ = ["ShowError", "ShowResult", "RunView", "load_run", "run_label", "sample_scores", "show",
@@ -32,7 +35,6 @@ __all__ = ["ShowError", "ShowResult", "RunView", "load_run", "run_label", "sampl
 
 log = logging.getLogger("medbench")
 PANEL_IN = 3.0
-TUNING_NAMES = {"none": "base", "lora": "LoRA", "a3tune": "A3TUNE"}
 
 
 class ShowError(ValueError):
@@ -64,8 +66,9 @@ class ShowResult:
 
 
 def run_label(tuning: str, decoding: str) -> str:
-    """The panel title of a run, e.g. ``base+greedy`` or ``A3TUNE+greedy``."""
-    return f"{TUNING_NAMES.get(tuning, tuning)}+{decoding}"
+    """The panel title of a run, e.g. ``base+greedy`` or ``A3TUNE+greedy`` (the tuning method's label)."""
+    name = "base" if tuning == "none" else METHODS.entry(tuning).info.get("label", tuning) if tuning in METHODS else tuning
+    return f"{name}+{decoding}"
 
 
 def load_run(run_dir: str | Path) -> RunView:
@@ -86,8 +89,6 @@ def load_run(run_dir: str | Path) -> RunView:
 
 
 def _find_sample(task: Any, sample_id: str, limit: int | None, split: str | None = None) -> Sample:
-    from medbench.runner import eval_split
-
     samples = sorted(task.load(eval_split(task, split)), key=lambda s: s.id)
     for sample in samples:
         if sample.id == sample_id:
@@ -135,12 +136,10 @@ def _roi_mask(sample: Sample, geometry: dict[str, Any]) -> np.ndarray | None:
 
 
 def _attention(row: dict[str, Any]) -> np.ndarray:
-    attn = row["attention"]
-    g = int(attn["grid_size"])
-    grid = np.asarray(attn["grid"], dtype=np.float64)
-    if grid.size != g * g or not np.all(np.isfinite(grid)):
-        raise ShowError(f"sample {row['id']!r}: attention grid is not {g}x{g} finite values")
-    return grid.reshape(g, g)
+    try:
+        return attention_grid.decode(row["attention"], check=True)
+    except attention_grid.AttentionGridError as exc:
+        raise ShowError(f"sample {row['id']!r}: {exc}") from None
 
 
 def sample_scores(grid: np.ndarray, roi: np.ndarray | None) -> dict[str, float]:

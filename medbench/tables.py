@@ -55,7 +55,7 @@ from tabulate import tabulate
 
 from medbench import metric_registry as MR
 from medbench.paths import ASSETS
-from medbench.registry import METHODS, PluginError
+from medbench.registry import METHODS, TASKS, PluginError
 
 MISSING = "–"
 LIMITED_MARK = "*"
@@ -72,10 +72,9 @@ _BACKBONE_ALIASES = {
     "llava-med-v1.5": ("llava-med-v1.5", "llava-med-1.5", "llava-med-v1.5-mistral-7b", "llava-med-v1.5-mistral-7b-hf"),
     "huatuogpt-vision-7b": ("huatuogpt-vision-7b", "huatuogpt-vision", "huatuogpt-v", "huatuogpt-vision-7b-hf"),
 }
-TASK_LABELS = {
-    "slake": "SLAKE", "vqa-rad": "VQA-RAD", "pathvqa": "PathVQA", "iu-xray-vqa": "IU-Xray",
-    "omnimedvqa": "OmniVQA", "iu-xray-report": "IU-Xray", "mimic-cxr-report": "MIMIC-CXR",
-}
+# The paper's datasets and their column labels, in column order: the tasks that declare a label.
+TASK_LABELS = {n: TASKS.entry(n).info["label"] for n in TASKS.in_order()
+               if TASKS.entry(n).plugin is None and "label" in TASKS.entry(n).info}
 # Metric labels, units, layouts and aliases are declared once, in medbench.metric_registry.
 KIND_METRICS = {kind: MR.layout_metrics(kind) for kind in MR.LAYOUTS}  # the built-ins at import
 KIND_TITLES = {

@@ -25,6 +25,9 @@ class Task(ABC):
     name: ClassVar[str]
     kind: ClassVar[str]  # "vqa" | "report"
     embedded: ClassVar[bool] = False
+    #: Its column group in the paper's tables (``"SLAKE"``); ``None``: not a paper dataset — its
+    #: columns come after the paper's, under its name.
+    label: ClassVar[str | None] = None
     version: ClassVar[str] = "1"
     metric_protocol: ClassVar[str] = "llava_med"
     eval_split: ClassVar[str] = "test"

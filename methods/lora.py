@@ -114,6 +114,10 @@ class LoRA(TuningMethod):
             "split": task.train_split, "seed": seed, "template": backbone.template.prompt,
         })
 
+    @classmethod
+    def bench_trainers(cls) -> dict[str, Any]:
+        return {"lora": bench_trainer}
+
     def peft_config(self) -> Any:
         from peft import LoraConfig
 
@@ -160,3 +164,20 @@ class LoRA(TuningMethod):
         model.eval()
         return type(backbone)(model, backbone.processor, backbone.template,
                               checkpoint_id=f"{backbone.checkpoint_id}+lora:{checkpoint.name}")
+
+
+def bench_trainer(backbone: Any, task: Any, samples: list[Any]) -> Any:
+    """``medbench bench train``'s ``lora`` configuration: LoRA around ``backbone.model``, answer loss."""
+    import torch
+    from peft import get_peft_model
+
+    from medbench.bench_train import Trainer
+    from medbench.training import answer_loss
+
+    torch.manual_seed(0)
+    model = get_peft_model(backbone.model, LoRA().peft_config())
+
+    def teardown() -> None:
+        backbone.model = model.unload()
+
+    return Trainer(model, backbone, lambda out, batch: answer_loss(out.logits, batch.labels), teardown)

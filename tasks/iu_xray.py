@@ -50,6 +50,7 @@ class IUXrayVQA(CaresTask):
     """CARES IU-Xray yes/no VQA (Table 6: 1,789 train / 784 test of 2,573 rows)."""
 
     name = "iu-xray-vqa"
+    label = "IU-Xray"
     kind = "vqa"
     version = "1"
     metric_protocol = "llava_med"
@@ -134,6 +135,7 @@ class IUXrayReport(RealTask):
     """IU-Xray report generation, R2Gen split (Table 6: 2,069 train / 590 test)."""
 
     name = "iu-xray-report"
+    label = "IU-Xray"
     kind = "report"
     version = "1"
     metric_protocol = "coco"

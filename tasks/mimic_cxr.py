@@ -200,6 +200,7 @@ class MIMICCXRReport(DerivedSplitTask):
     """MIMIC-CXR report generation, A3Tune-style sample (Table 6: 1,902 train / 441 test)."""
 
     name = "mimic-cxr-report"
+    label = "MIMIC-CXR"
     kind = "report"
     version = "2"
     metric_protocol = "coco"

@@ -124,6 +124,7 @@ class OmniMedVQA(CaresTask):
     """OmniMedVQA multiple choice (Table 6: 6,155 train / 2,642 test, from the CARES file)."""
 
     name = "omnimedvqa"
+    label = "OmniVQA"
     kind = "vqa"
     version = "2"
     metric_protocol = "mc@difflib"

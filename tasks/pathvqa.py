@@ -124,6 +124,7 @@ class PathVQA(RealTask):
     """PathVQA pathology VQA (Table 6: 19,755 train / 6,761 test, pickle release)."""
 
     name = "pathvqa"
+    label = "PathVQA"
     kind = "vqa"
     version = "1"
     metric_protocol = "llava_med"

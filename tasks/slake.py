@@ -85,6 +85,7 @@ class SLAKE(RealTask):
     """SLAKE English VQA (Table 6: 4,919 train / 1,061 test) with detection-box RoIs."""
 
     name = "slake"
+    label = "SLAKE"
     kind = "vqa"
     version = "1"
     metric_protocol = "llava_med"

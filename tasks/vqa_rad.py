@@ -24,6 +24,7 @@ class VQARAD(RealTask):
     """VQA-RAD radiology VQA (Table 6: 1,797 train / 451 test)."""
 
     name = "vqa-rad"
+    label = "VQA-RAD"
     kind = "vqa"
     version = "1"
     metric_protocol = "llava_med"

@@ -1,10 +1,20 @@
-"""Test-suite settings: offline, quiet, and one generated-data cache per test session."""
+"""Test-suite settings: offline, quiet, one generated-data cache per test session, and the helpers' path.
+
+Tests mirror the code: ``methods/``, ``tasks/``, ``metrics/``, ``a3tune/``, ``backbones/``, ``cli/``; the
+core's own tests (runner, scoring, tables, …) sit at this level; helpers are in ``support/``.
+"""
 
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
+
+# Shared helpers (dataset fixtures, the tiny decoding backbone, weak-label fixtures, kill points) live
+# in tests/support/ and are imported by module name from tests in every folder.
+sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medbench.bench_train import CONFIGS, cpu_step_peak, held_bytes, make_trainer, measure, ratios
+from medbench.bench_train import bench_configs, cpu_step_peak, held_bytes, make_trainer, measure, ratios
 from medbench.tasks.phantom import PhantomVQA
 from medbench.training import training_batch
 
@@ -55,7 +55,7 @@ def test_configurations_train_the_same_batches(random_backbone):
     chunks = [samples[:3], samples[3:6], samples[:3]]
     images = {s.id: random_backbone.load_image(s.image_path) for s in samples}
     got = {}
-    for name in CONFIGS:
+    for name in bench_configs():
         trainer = make_trainer(name, random_backbone, task, samples)
         try:
             def build(chunk, trainer=trainer):

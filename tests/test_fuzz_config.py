@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from medbench.cli_commands.common import RUN_FLAGS, build_run_config
 from medbench.errors import ConfigError
-from medbench.runner import RunConfig, _fits_type
+from medbench.run_config import RunConfig, _fits_type
 
 FUZZ = settings(derandomize=True, max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FIELDS = [f.name for f in dataclasses.fields(RunConfig)]

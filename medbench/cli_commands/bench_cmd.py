@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 
-from medbench.bench_train import CONFIGS
-
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -30,8 +28,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="training batch size (train)")
     p.add_argument("--steps", type=int, default=10, help="timed training steps per configuration (train)")
     p.add_argument("--rounds", type=int, default=2, help="times the configurations take turns (train)")
-    p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS),
-                   help="training configurations side by side (train; ratios are against lora)")
+    p.add_argument("--configs", nargs="+", metavar="NAME",
+                   help="training configurations side by side (train; ratios are against lora; default: every "
+                   "configuration the tuning methods provide)")
     p.add_argument("--samples", type=int, default=64, help="decode: evaluation samples per timed pass")
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--repeats", type=int, default=3,
@@ -51,7 +50,9 @@ def main(args: argparse.Namespace) -> int:
 
     from tabulate import tabulate
 
-    from medbench.bench import bench_decode, bench_train
+    from medbench.bench import bench_decode
+    from medbench.bench_train import bench_configs, bench_train
+    from medbench.errors import ConfigError
 
     if args.what == "decode":
         out = bench_decode(args.model, args.task, tuple(args.methods), tuple(args.batch_sizes), args.samples,
@@ -59,8 +60,12 @@ def main(args: argparse.Namespace) -> int:
                            warmup=args.warmup, progress=not args.quiet)
         rows = out["rows"]
     else:
+        known = tuple(bench_configs())
+        unknown = [c for c in args.configs or () if c not in known]
+        if unknown:
+            raise ConfigError(f"--configs {' '.join(unknown)}: unknown; choose from {', '.join(known)}")
         out = bench_train(args.model, args.task, args.batch_size, args.steps, device=args.device, shape=args.shape,
-                          shape_scale=args.shape_scale, configs=tuple(args.configs),
+                          shape_scale=args.shape_scale, configs=tuple(args.configs or known),
                           rounds=args.rounds)
         rows = [{k: v for k, v in r.items() if k != "memory_method"} for r in out["rows"]]
     if args.json:

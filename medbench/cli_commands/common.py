@@ -1,8 +1,10 @@
-"""Shared flag groups for ``run`` and ``train``, and ``--config`` merging (flags win)."""
+"""Shared flag groups for ``run`` and ``train`` (generated from ``RunConfig``'s fields), and
+``--config`` merging (flags win)."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -10,10 +12,7 @@ import yaml
 
 from medbench.errors import ConfigError
 from medbench.method import MethodArgsError, parse_method_args
-
-RUN_FLAGS = ("method", "task", "model", "tuning", "decoding", "limit", "batch_size", "seed", "output_dir",
-             "checkpoint_dir", "data_root", "device", "device_map", "max_new_tokens", "bertscore_model",
-             "clinical_python", "shard", "split")
+from medbench.run_config import RunConfig, parse_config_dict
 
 
 class UniqueKeyLoader(yaml.SafeLoader):
@@ -32,37 +31,28 @@ class UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def add_run_flags(p: argparse.ArgumentParser, *, require_method: bool = True) -> None:
-    g = p.add_argument_group("what to run")
-    g.add_argument("--method", help="decoding (greedy, beam, nucleus, …) or tuning (lora, a3tune) method")
-    g.add_argument("--task", help="task name, e.g. phantom-vqa (see `medbench list tasks`)")
-    g.add_argument("--model", help="backbone name or local checkpoint directory (default tiny-med-llava)")
-    g.add_argument("--tuning", help="tuning to compose with a decoding method: none|lora|a3tune")
-    g.add_argument("--decoding", help="decoding method after a tuning method (default greedy)")
-    g.add_argument("--method-args", nargs="*", action="extend", metavar="K=V",
-                   help="method hyperparameters, e.g. top_p=0.8; repeated flags add up, a name given twice is an "
-                   "error; they override --config's method_args; prefix tuning./decoding. when a name fits both")
-    g.add_argument("--config", metavar="FILE.yaml", help="YAML file of these options; flags override it")
-    h = p.add_argument_group("how to run")
-    h.add_argument("--limit", type=int, help="first N ≥ 1 samples only (for quick checks; marked in tables); "
-                   "leave it out for every sample")
-    h.add_argument("--batch-size", type=int, help="samples per forward pass (default 8)")
-    h.add_argument("--seed", type=int, help="global seed (default 0); per-sample seeds derive from it")
-    h.add_argument("--output-dir", help="where runs are written (default results/runs)")
-    h.add_argument("--checkpoint-dir", help="where tuning adapters are cached (default results/checkpoints)")
-    h.add_argument("--data-root", help="dataset directory (default $MEDBENCH_DATA/<task>)")
-    h.add_argument("--split", metavar="NAME", help="evaluate this split instead of the task's test split, e.g. "
-                   "val to choose hyperparameters (the run directory gets @NAME; tables leave such runs out)")
-    h.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto")
-    h.add_argument("--device-map", choices=["auto"], help="shard a model too large for one GPU (accelerate)")
-    h.add_argument("--shard", metavar="I/N", help="decode shard I of N (e.g. a SLURM array task); shard 0 "
-                   "waits for the others, merges and scores. torchrun/accelerate set this from RANK/WORLD_SIZE")
-    r = p.add_argument_group("optional report metrics")
-    r.add_argument("--bertscore-model", metavar="DIR", help="local roberta-large directory for BERTScore "
-                   "(or minilm-l6-local, tests only, not comparable)")
-    r.add_argument("--clinical-python", metavar="PATH", help="interpreter of the clinical-metrics environment "
-                   "(see medbench setup-clinical)")
-    h.add_argument("--max-new-tokens", type=int, help="default 16 for VQA, 80 for reports")
+GROUPS = {"what": "what to run", "how": "how to run", "report": "optional report metrics"}
+
+
+def run_options(command: str) -> list[dataclasses.Field]:
+    """The :class:`RunConfig` fields that are flags of ``command`` (``run`` or ``train``), in field order."""
+    return [f for f in dataclasses.fields(RunConfig) if f.metadata.get("flag") and command in f.metadata["commands"]]
+
+
+# Flags whose given value replaces --config's (``--method-args`` is merged key by key instead).
+RUN_FLAGS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.metadata.get("flag") and f.name != "method_args")
+
+
+def add_run_flags(p: argparse.ArgumentParser, command: str = "run") -> None:
+    """``command``'s flags, generated from the :class:`RunConfig` fields (help, group, argparse options)."""
+    groups = {key: p.add_argument_group(title) for key, title in GROUPS.items()}
+    for f in run_options(command):
+        meta = f.metadata
+        default = None if f.default is dataclasses.MISSING else f.default
+        flag = meta["flag_name"] or "--" + f.name.replace("_", "-")
+        groups[meta["group"]].add_argument(flag, dest=f.name, help=meta["help"].format(default=default),
+                                           **meta["argparse"])
+    groups["what"].add_argument("--config", metavar="FILE.yaml", help="YAML file of these options; flags override it")
 
 
 def merged_config(args: argparse.Namespace) -> dict[str, Any]:
@@ -142,8 +132,6 @@ def _scalar_or_list(value: Any) -> bool:
 
 
 def build_run_config(args: argparse.Namespace) -> Any:
-    from medbench.runner import parse_config_dict
-
     data = merged_config(args)
     try:
         return parse_config_dict(data)

@@ -23,14 +23,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="evaluate a method on a task", epilog=EPILOG, formatter_class=formatter(),
                        description="Train (or reuse) the tuning adapter, decode the test split, score it and "
                        "write predictions.jsonl + results.json under OUTPUT_DIR/<model>/<task>/<tuning>+<decoding>.")
-    add_run_flags(p)
-    p.add_argument("--no-attention", action="store_true", help="skip attention capture (no coverage/intensity)")
-    p.add_argument("--allow-failures", action="store_true", help="exit 0 even if some samples failed")
+    add_run_flags(p, "run")
     p.add_argument("--json", action="store_true", help="print results.json instead of a table")
-    p.add_argument("--image-root", metavar="DIR",
-                   help="a second root holding the task's images when they are not under --data-root "
-                   "(iu-xray-vqa: R2Gen's iu_xray/; omnimedvqa: the OmniMedVQA folder with Images/; "
-                   "mimic-cxr-report: the MIMIC-CXR-JPG folder with files/); see `medbench data check --help`")
     p.set_defaults(func=main)
 
 
@@ -40,13 +34,7 @@ def main(args: argparse.Namespace) -> int:
     from medbench.runner import run
     from medbench.summary import summary_table
 
-    cfg = build_run_config(args)
-    if args.image_root is not None:  # overrides --config's image_root
-        cfg.image_root = args.image_root
-    if args.no_attention:  # a flag only switches on; an unset flag leaves --config's value
-        cfg.attention = False
-    if args.allow_failures:
-        cfg.allow_failures = True
+    cfg = build_run_config(args)  # a flag given overrides --config; one not given leaves its value
     results = run(cfg)
     print(json.dumps(results, indent=2) if args.json else summary_table(results))
     return 0

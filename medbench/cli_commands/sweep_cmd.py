@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from medbench.cli_commands.common import formatter
+from medbench.selection import check_limit
 
 log = logging.getLogger("medbench")
 
@@ -78,7 +79,7 @@ def points(args: argparse.Namespace) -> tuple[str, str, list[tuple[str, dict[str
 def run_point(args: argparse.Namespace, extra: dict[str, str]) -> dict[str, Any]:
     from medbench.errors import ConfigError
     from medbench.method import parse_method_args
-    from medbench.runner import RunConfig, run
+    from medbench.runner import RunConfig, run  # lazy: torch, kept off CLI start-up
 
     shared = parse_method_args(args.method_args)
     clash = sorted(set(shared) & set(extra))
@@ -94,7 +95,6 @@ def run_point(args: argparse.Namespace, extra: dict[str, str]) -> dict[str, Any]
 
 def main(args: argparse.Namespace) -> int:
     from medbench.registry import TASKS
-    from medbench.runner import check_limit
 
     check_limit(args.limit)
 

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from medbench import distributed as dist
 from medbench.cli_commands.common import add_run_flags, build_run_config, formatter
+from medbench.errors import ConfigError
+from medbench.models import load_backbone, resolve_device
+from medbench.registry import METHODS
+from medbench.run_config import open_run_task, resolve_methods
 
 EPILOG = """Training saves a step checkpoint every checkpoint_every steps (a method argument, default 50;
 0 turns it off) in <checkpoint>/state/ and a rerun resumes from it exactly; the state is removed
@@ -26,24 +31,14 @@ examples:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a tuning method (lora, a3tune) on a task's train split",
                        epilog=EPILOG, formatter_class=formatter())
-    add_run_flags(p)
-    p.add_argument("--image-root", metavar="DIR",
-                   help="a second root holding the task's images when they are not under --data-root "
-                   "(iu-xray-vqa: R2Gen's iu_xray/; omnimedvqa: the OmniMedVQA folder with Images/; "
-                   "mimic-cxr-report: the MIMIC-CXR-JPG folder with files/); overrides --config's image_root")
+    add_run_flags(p, "train")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
-    from medbench import distributed as dist
-    from medbench.errors import ConfigError
-    from medbench.models import load_backbone, resolve_device
-    from medbench.registry import METHODS
-    from medbench.runner import open_run_task, prepare_tuning, resolve_methods
+    from medbench.tuning_plan import prepare_tuning  # lazy: torch, kept off CLI start-up
 
-    cfg = build_run_config(args)
-    if args.image_root is not None:  # overrides --config's image_root
-        cfg.image_root = args.image_root
+    cfg = build_run_config(args)  # --image-root, like every flag, overrides --config
     if METHODS.entry(cfg.method).info["kind"] != "tuning":
         raise ConfigError(f"--method {cfg.method} is a decoding method; train takes lora or a3tune")
     res = resolve_methods(cfg)

@@ -24,6 +24,7 @@ from medbench.hashing import sha256_obj
 from medbench.method import TuningMethod
 from medbench.methods.a3tune.params import A3TuneParams, Resolved, resolve
 from medbench.methods.lora import REFERENCE_TRAINER, checkpointing, tuning_lr, tuning_schedule
+from medbench.provenance import package_versions
 
 log = logging.getLogger("medbench")
 
@@ -46,6 +47,13 @@ class A3Tune(TuningMethod):
     label = "A3TUNE"
     block_label = "LoRA"  # its adapters are LoRA: the paper prints A3TUNE rows in the LoRA block
     row_label = "A3TUNE"
+    commands = {"weak-labels": "medbench.methods.a3tune.cli"}  # CLI subcommands it provides (module with add_parser)
+
+    @classmethod
+    def bench_trainers(cls) -> dict[str, Any]:
+        from medbench.methods.a3tune.bench import TRAINERS  # imports medbench.bench_train
+
+        return dict(TRAINERS)
     baseline_decodings = ("greedy",)  # its paper setting
     Params = A3TuneParams
     ALIASES = ALIASES
@@ -225,7 +233,7 @@ class A3Tune(TuningMethod):
         atomic_write_json(out_dir / CONFIG_FILE, {
             "method_args": dataclasses.asdict(p), "resolved": dataclasses.asdict(res), "moe": dataclasses.asdict(spec),
             "span_rule": "after the image to the end of the template suffix", "label_spec": self.label_spec(task, res),
-            "heads": fixed, "versions": _versions(),
+            "heads": fixed, "versions": package_versions(("torch", "transformers", "peft")),
         })
         if fixed is not None:
             atomic_write_json(out_dir / "heads.json", {"heads": [{"layer": h // n_heads, "head": h % n_heads} for h in fixed],
@@ -268,15 +276,3 @@ def save_checkpoint(model: Any, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     save_file(a3moe_state_dict(model), str(out_dir / MOE_FILE))
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for pkg in ("torch", "transformers", "peft"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "absent"
-    return out

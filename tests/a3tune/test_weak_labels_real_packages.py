@@ -28,7 +28,7 @@ from medbench.methods.a3tune.weak_labels import WeakLabeler, mask_to_grid, weak_
 from medbench.paths import cache_dir  # noqa: E402
 from medbench.tasks.phantom import PhantomVQA  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
 from weak_label_fixtures import BUMPS, build_tiny_sam, write_tiny_biomedclip_download, write_tiny_sam  # noqa: E402
 
 

@@ -424,7 +424,7 @@ def write_mimic_r2gen(root: Path, *, images: Path | None = None) -> Path:
 
 # ---- end to end --------------------------------------------------------------------------------
 
-TINY_WEIGHTS = Path(__file__).resolve().parent.parent / "medbench" / "assets" / "tiny-med-llava" / "model.safetensors"
+TINY_WEIGHTS = Path(__file__).resolve().parents[2] / "medbench" / "assets" / "tiny-med-llava" / "model.safetensors"
 
 
 def run_tiny(task: str, data_root: Path, out: Path, *extra: str) -> dict[str, Any]:

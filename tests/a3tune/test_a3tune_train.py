@@ -98,7 +98,7 @@ def test_checkpoint_round_trip_identical_logits(random_backbone, task, tmp_path)
         random_backbone.model = tuned.model.unload()
 
 
-TINY_WEIGHTS = Path(__file__).resolve().parent.parent / "medbench" / "assets" / "tiny-med-llava" / "model.safetensors"
+TINY_WEIGHTS = Path(__file__).resolve().parents[2] / "medbench" / "assets" / "tiny-med-llava" / "model.safetensors"
 
 
 @pytest.mark.slow

@@ -100,11 +100,11 @@ def test_help_has_examples(capsys):
 
 def test_builtin_registry_info_matches_the_classes():
     """Built-in entries state kind/embedded so that listing imports nothing; they must agree with the classes."""
-    from medbench.registry import _method_info
+    from medbench.registry import _method_info, _task_info
 
     for name in METHODS.names():
         assert METHODS.entry(name).info == _method_info(METHODS.get(name)), name
         assert METHODS.entry(name).plugin is None
     for name in TASKS.names():
         cls = TASKS.get(name)
-        assert TASKS.entry(name).info == {"kind": cls.kind, "embedded": cls.embedded}, name
+        assert TASKS.entry(name).info == _task_info(cls), name

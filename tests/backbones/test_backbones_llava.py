@@ -19,7 +19,7 @@ from medbench.backbones import llava, shapes
 from medbench.backbones.local_models import MedbenchModelError
 from medbench.types import AnswerType, RoI, Sample
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def sample(question: str = "Is the liver normal?") -> Sample:

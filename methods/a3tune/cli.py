@@ -1,4 +1,7 @@
-"""``medbench weak-labels``: build, evaluate and train the scorer of A³TUNE's prompt-aware weak labels."""
+"""``medbench weak-labels``: build, evaluate and train the scorer of A³TUNE's prompt-aware weak labels.
+
+A subcommand A³TUNE provides (``A3Tune.commands``); the CLI finds it through the method registry.
+"""
 
 from __future__ import annotations
 
@@ -118,7 +121,7 @@ def _labels(args: argparse.Namespace) -> int:
     from medbench.method import parse_method_args
     from medbench.methods.a3tune import A3Tune
     from medbench.registry import TASKS
-    from medbench.runner import check_limit
+    from medbench.selection import check_limit
 
     check_limit(args.limit)
     method = A3Tune(**parse_method_args(args.method_args))
