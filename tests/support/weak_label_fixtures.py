@@ -121,8 +121,7 @@ def phantom_rgb(n: int = 3) -> list[np.ndarray]:
     return [np.asarray(open_image(s.image_path)) for s in samples]
 
 
-VOCAB_WORDS = ("is there a the in this image liver lesion lung left right what modality ct mri x ray organ "
-               "of medical abnormal normal yes no where kidney brain chest heart how many").split()
+VOCAB_WORDS = ["is", "there", "a", "the", "in", "this", "image", "liver", "lesion", "lung", "left", "right", "what", "modality", "ct", "mri", "x", "ray", "organ", "of", "medical", "abnormal", "normal", "yes", "no", "where", "kidney", "brain", "chest", "heart", "how", "many"]
 
 
 def write_tiny_biomedclip_download(folder: Path, *, with_tokenizer: bool = True, seed: int = 0) -> Path:
