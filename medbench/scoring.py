@@ -35,7 +35,7 @@ from medbench.metrics.vqa import VQAMetrics
 from medbench.predictions import read_rows
 from medbench.provenance import git_info, versions
 from medbench.schema import SCHEMA_VERSION
-from medbench.selection import eval_split, select_samples
+from medbench.selection import select_samples
 from medbench.task import open_task
 from medbench.types import Sample
 
@@ -303,7 +303,7 @@ def score_run(run_dir: str | Path, *, samples: list[Sample] | None = None, task:
         "skipped": extra.get("skipped", previous.get("skipped", [])),
         "data": extra.get("data", previous.get("data", data_record(task))),
         "limit": config.get("limit"),
-        "split": eval_split(task, config.get("split")),
+        "split": config.get("split") or getattr(task, "eval_split", None),  # checked when the run was planned
         "fingerprint": run_info["fingerprint"],
         "seed": seed,
         "versions": versions(),
