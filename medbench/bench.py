@@ -64,6 +64,10 @@ def bench_decode(model: str = "tiny-med-llava", task: str = "phantom-vqa", metho
     images = [backbone.load_image(s.image_path) for s in samples]
     configs = [(name, bs) for name in methods for bs in batch_sizes]
     instances = {name: METHODS.get(name)() for name in methods}
+    for method in instances.values():  # as the runner does: backbone-dependent defaults (ControlMLLM's η)
+        bind = getattr(method, "bind", None)
+        if callable(bind):
+            bind(backbone)
 
     def one_pass(name: str, bs: int) -> tuple[float, int]:
         method = instances[name]
@@ -73,6 +77,7 @@ def bench_decode(model: str = "tiny-med-llava", task: str = "phantom-vqa", metho
         for i in range(0, len(samples), bs):
             batch = backbone.encode_prompts(samples[i:i + bs], images[i:i + bs])
             seeds = [sample_seed(0, task, s.id) for s in samples[i:i + bs]]
+            method.prepare(backbone, samples[i:i + bs], images[i:i + bs])  # per batch, as the runner (RoIs, report mode)
             with torch.inference_mode():
                 gen = method.generate(backbone, batch, seeds, max_new_tokens)
             tokens += sum(len(x) + 1 for x in gen.tokens)

@@ -202,6 +202,18 @@ def test_bench_decode_interleaves_and_reports_ratios() -> None:
         bench_decode(repeats=0)
 
 
+def test_bench_decode_runs_every_decoding_method() -> None:
+    """Methods that need per-batch preparation (ControlMLLM's RoIs, OPERA's report mode) run as in `run`."""
+    from medbench.bench import bench_decode
+    from medbench.registry import METHODS
+
+    names = tuple(n for n in METHODS.names() if METHODS.entry(n).info["kind"] == "decoding")
+    assert "controlmllm" in names and "opera" in names
+    out = bench_decode("tiny-med-llava", methods=names, batch_sizes=(2,), n_samples=2, max_new_tokens=2,
+                       device="cpu", repeats=1, warmup=0)
+    assert {r["method"] for r in out["rows"]} == set(names)
+
+
 def test_device_map_auto_loads_dispatched_and_decodes_the_same(hf_v15: Path) -> None:
     """``--device-map auto`` loads through transformers' device placement (with several GPUs it
     splits the layers; on a CPU-only machine everything lands on the CPU) and decodes the same."""
