@@ -1,4 +1,6 @@
-"""Registration, ``--method-args`` parsing and validation, runner routing, and an end-to-end run."""
+"""The registered decoding methods' parameters: paper defaults, typed from ``--method-args`` strings,
+validation messages, and an end-to-end run. (The generic parser and the routing between tuning and
+decoding arguments: test_method_args.py; random strings: test_fuzz_method_args.py.)"""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import pytest
 from medbench.method import DecodingMethod, MethodArgsError, parse_method_args
 from medbench.paths import ASSETS
 from medbench.registry import METHODS
-from medbench.runner import RunConfig, resolve_methods
+from medbench.runner import RunConfig
 
 BASELINES = {
     "vcd": "VCD", "dola": "DoLa", "opera": "OPERA", "avisc": "AVISC",
@@ -72,19 +74,11 @@ def test_method_args_are_typed_from_strings():
     ("controlmllm", {"early_stop": "perhaps"}, "boolean"),
     ("damro", {"k": "0"}, "k must be"),
     ("avisc", {"top_p": "1.5"}, "top_p"),
+    ("nucleus", {"top_p": "1.5"}, "top_p"),
 ])
 def test_method_args_errors(name, args, match):
     with pytest.raises(MethodArgsError, match=match):
         METHODS.get(name)(**args)
-
-
-def test_decoding_args_route_next_to_a_tuning_method():
-    res = resolve_methods(RunConfig(method="vcd", task="phantom-vqa", tuning="lora",
-                                    method_args={"decoding.alpha": "0.5", "r": "8", "noise_step": "999"}))
-    assert (res.tuning, res.decoding) == ("lora", "vcd")
-    assert res.decoding_args == {"alpha": "0.5", "noise_step": "999"} and res.tuning_args == {"r": "8"}
-    with pytest.raises(MethodArgsError, match="fits both"):
-        resolve_methods(RunConfig(method="vcd", task="phantom-vqa", tuning="lora", method_args={"alpha": "0.5"}))
 
 
 @pytest.mark.skipif(not (ASSETS / "tiny-med-llava" / "model.safetensors").exists(),

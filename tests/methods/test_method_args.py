@@ -1,4 +1,5 @@
-"""Typed ``--method-args`` parsing and routing between tuning and decoding methods."""
+"""The generic ``--method-args`` parser (typed from strings) and the routing of arguments between a
+tuning and a decoding method. (Each registered method's own parameters: test_decoding_params.py.)"""
 
 from __future__ import annotations
 
@@ -44,6 +45,11 @@ def test_routing_tuning_and_decoding():
     assert res.tuning == "lora" and res.decoding == "nucleus"
     assert res.decoding_args == {"top_p": "0.8"}
     assert res.tuning_args == {"r": "8", "lr": "1e-3"}
+    res = resolve_methods(RunConfig(method="vcd", task="phantom-vqa", tuning="lora",
+                                    method_args={"decoding.alpha": "0.5", "r": "8", "noise_step": "999"}))
+    assert res.decoding_args == {"alpha": "0.5", "noise_step": "999"} and res.tuning_args == {"r": "8"}
+    with pytest.raises(MethodArgsError, match="fits both"):  # vcd and lora both have an alpha
+        resolve_methods(RunConfig(method="vcd", task="phantom-vqa", tuning="lora", method_args={"alpha": "0.5"}))
 
 
 def test_tuning_method_defaults_to_greedy():
@@ -55,9 +61,3 @@ def test_conflicting_decoding_refused():
     with pytest.raises(MethodArgsError):
         resolve_methods(RunConfig(method="greedy", task="phantom-vqa", decoding="beam"))
 
-
-def test_nucleus_validation():
-    from medbench.methods.nucleus import Nucleus
-
-    with pytest.raises(MethodArgsError):
-        Nucleus(top_p="1.5")

@@ -91,13 +91,6 @@ def select_rows(batch: EncodedBatch, rows: list[int]) -> EncodedBatch:
 SEEDS = [11, 22, 33]
 
 
-def manual_greedy(backbone: Backbone, batch: EncodedBatch, steps: int) -> list[list[int]]:
-    """Reference: HF greedy ``generate`` (no EOS stripping beyond the engine's rule)."""
-    from medbench.engine import hf_generate
-
-    return hf_generate(backbone, batch, steps, do_sample=False, num_beams=1).tokens
-
-
 def logits_of(backbone: Backbone, ids: torch.Tensor, mask: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
     """Last-position logits of an uncached forward."""
     position = (mask.cumsum(-1) - 1).clamp(min=0)
