@@ -8,6 +8,8 @@ import importlib
 import logging
 import sys
 
+log = logging.getLogger("medbench")
+
 SUBCOMMANDS = {
     "list": "medbench.cli_commands.list_cmd",
     "run": "medbench.cli_commands.run_cmd",
@@ -51,7 +53,40 @@ def build_parser() -> argparse.ArgumentParser:
         importlib.import_module(module).add_parser(sub)
     for module in method_commands().values():
         importlib.import_module(module).add_parser(sub)
+    for name, (module, dist) in plugin_commands(set(sub.choices)).items():
+        _add_plugin_command(sub, name, module, dist)
     return parser
+
+
+def plugin_commands(taken: set[str]) -> dict[str, tuple[str, str]]:
+    """Subcommands third-party packages provide through the ``medbench.commands`` entry points
+    (``name = "module"``, the module defining ``add_parser(sub)``): name → (module, distribution).
+    A name that is already a command is skipped with a warning."""
+    from importlib.metadata import entry_points
+
+    out: dict[str, tuple[str, str]] = {}
+    for ep in entry_points(group="medbench.commands"):
+        dist = getattr(getattr(ep, "dist", None), "name", None) or "an unnamed distribution"
+        module = ep.value.partition(":")[0].strip()
+        if ep.name in taken or ep.name in out:
+            log.warning("plugin command %r from %s ignored: medbench already has a command of that name",
+                        ep.name, dist)
+            continue
+        out[ep.name] = (module, dist)
+    return out
+
+
+def _add_plugin_command(sub: argparse._SubParsersAction, name: str, module: str, dist: str) -> None:
+    """Import a plugin's command module and let it add its parser; a plugin that fails to import or
+    adds no parser named ``name`` is left out with a warning, so it cannot break the other commands."""
+    try:
+        importlib.import_module(module).add_parser(sub)
+    except Exception as exc:  # a broken third-party package must not take the CLI down with it
+        log.warning("plugin command %r from %s ignored: %s: %s", name, dist, type(exc).__name__, exc)
+        return
+    if name not in sub.choices:
+        log.warning("plugin command %r from %s ignored: %s.add_parser added no command of that name",
+                    name, dist, module)
 
 
 def method_commands() -> dict[str, str]:

@@ -97,6 +97,32 @@ class SquaresVQA(Task):
         return sorted(samples, key=lambda s: s.id)
 '''
 
+PLUGIN_COMMANDS = '''
+"""A subcommand from outside medbench: count a task's samples by answer type."""
+
+import collections
+
+
+def add_parser(sub):
+    p = sub.add_parser("count-answers", help="count a task's samples by answer type")
+    p.add_argument("--task", required=True)
+    p.add_argument("--data-root", required=True)
+    p.set_defaults(func=run)
+
+
+def run(args):
+    from medbench.registry import TASKS
+
+    task = TASKS.get(args.task)(data_root=args.data_root)
+    counts = collections.Counter(s.answer_type.value for s in task.load("test"))
+    print(" ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+    return 0
+'''
+
+BROKEN_COMMANDS = '''
+raise RuntimeError("this plugin's command module is broken")
+'''
+
 ENTRY_POINTS = """\
 [medbench.methods]
 norepeat-greedy = mb_demo_plugin.methods:NoRepeatGreedy
@@ -105,6 +131,11 @@ greedy = mb_demo_plugin.methods:NoRepeatGreedy
 
 [medbench.tasks]
 squares-vqa = mb_demo_plugin.tasks:SquaresVQA
+
+[medbench.commands]
+count-answers = mb_demo_plugin.commands
+run = mb_demo_plugin.commands
+broken-command = mb_demo_plugin.broken_commands
 """
 
 
@@ -115,6 +146,8 @@ def write_plugin(root: Path) -> Path:
     (pkg / "__init__.py").write_text("")
     (pkg / "methods.py").write_text(textwrap.dedent(PLUGIN_METHODS))
     (pkg / "tasks.py").write_text(textwrap.dedent(PLUGIN_TASKS))
+    (pkg / "commands.py").write_text(textwrap.dedent(PLUGIN_COMMANDS))
+    (pkg / "broken_commands.py").write_text(textwrap.dedent(BROKEN_COMMANDS))
     info = root / "mb_demo_plugin-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mb-demo-plugin\nVersion: 0.1\n")
@@ -221,3 +254,20 @@ def test_plugin_method_and_task_run_end_to_end(plugin_path, tmp_path):
     (row,) = json.loads(table.stdout)["rows"]
     assert row["decoding"] == "norepeat-greedy" and "squares-vqa/closed_accuracy" in row["cells"]
     assert row["method"].startswith("NoRepeat")  # the label the plugin class declares
+
+
+def test_plugin_provides_a_subcommand(plugin_path, tmp_path):
+    out = _medbench(["count-answers", "--task", "squares-vqa", "--data-root", str(tmp_path / "data")],
+                    plugin_path, tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["closed=6", "open=6"]
+    # the plugin's "run" does not replace medbench's, and a broken command module is left out with a warning
+    assert "plugin command 'run' from mb-demo-plugin ignored" in out.stderr
+    assert "plugin command 'broken-command' from mb-demo-plugin ignored" in out.stderr
+    assert "this plugin's command module is broken" in out.stderr and "Traceback" not in out.stderr
+    helptext = _medbench(["--help"], plugin_path, tmp_path)
+    assert helptext.returncode == 0 and "count-answers" in helptext.stdout
+    run_help = _medbench(["run", "--help"], plugin_path, tmp_path)
+    assert run_help.returncode == 0 and "--method" in run_help.stdout
+    broken = _medbench(["broken-command"], plugin_path, tmp_path)
+    assert broken.returncode == 2 and "invalid choice" in broken.stderr
