@@ -20,9 +20,13 @@ from __future__ import annotations
 import difflib
 import importlib
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+if TYPE_CHECKING:
+    from medbench.task import Task
 
 T = TypeVar("T")
 log = logging.getLogger("medbench")
@@ -147,6 +151,35 @@ class Registry(Generic[T]):
                 continue
             rows.append({"name": entry.name, **entry.info})
         return rows
+
+
+def open_task(name: str, data_root: str | os.PathLike | None = None, version: str | None = None, *,
+              image_root: str | os.PathLike | None = None) -> Task:
+    """Task ``name`` at ``version`` (a result file's ``task_version``; None: the current one).
+
+    A task whose generator keeps older versions (``versions`` class attribute) is built at the
+    requested one; any other version mismatch is a clear error rather than silently scoring a run
+    against different data. ``image_root`` (a run's recorded ``--image-root``) is passed to tasks
+    whose images live in another folder; a task that reads its images from its data root refuses it.
+    """
+    import inspect
+
+    from medbench.task import DataRootError
+
+    cls = TASKS.get(name)
+    kwargs: dict[str, Any] = {}
+    if image_root is not None:
+        if "image_root" not in inspect.signature(cls.__init__).parameters:
+            raise DataRootError(f"{name} reads its images from its data root; it cannot take the image root "
+                                f"{image_root}")
+        kwargs["image_root"] = image_root
+    if version is None or str(version) == str(cls.version):
+        return cls(data_root=data_root, **kwargs)
+    available = tuple(getattr(cls, "versions", (cls.version,)))
+    if str(version) not in available:
+        raise ValueError(f"{name} version {version} is not available in this medbench "
+                         f"(available: {', '.join(available)})")
+    return cls(data_root=data_root, version=str(version), **kwargs)
 
 
 def _task_base() -> type:

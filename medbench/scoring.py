@@ -34,9 +34,9 @@ from medbench.metrics.medheval import MedHEvalReportMetrics
 from medbench.metrics.vqa import VQAMetrics
 from medbench.predictions import read_rows
 from medbench.provenance import git_info, versions
+from medbench.registry import open_task
 from medbench.schema import SCHEMA_VERSION
 from medbench.selection import select_samples
-from medbench.task import open_task
 from medbench.types import Sample
 
 log = logging.getLogger("medbench")

@@ -354,7 +354,7 @@ def show(run_dirs: Sequence[str | Path], sample_id: str, output: str | Path | No
     if len(names) != 1:
         raise ShowError(f"the runs are of different tasks ({', '.join(sorted(map(str, names)))})")
     if task is None:
-        from medbench.task import open_task
+        from medbench.registry import open_task
 
         run_info = json.loads((runs[0].run_dir / "run.json").read_text(encoding="utf-8"))
         task = open_task(runs[0].config["task"], runs[0].config.get("data_root"), run_info.get("task_version"),

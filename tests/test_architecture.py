@@ -50,7 +50,4 @@ def test_core_has_no_import_cycle():
     core = {k: {t for t in v if not graph_mod.is_leaf(t) and t != "medbench"} for k, v in graph.items()
             if not graph_mod.is_leaf(k)}
     cycles = graph_mod.sccs(core)
-    # registry ↔ task: the registry checks a task class against medbench.task.Task when it loads one
-    # (a lazy import), and open_task looks the class up in the registry.
-    allowed = [["medbench.registry", "medbench.task"]]
-    assert [c for c in cycles if c not in allowed] == []
+    assert cycles == []

@@ -11,7 +11,8 @@ from fixtures_datasets import TINY_WEIGHTS, run_tiny, write_omnimedvqa
 from PIL import Image
 
 from medbench.cli import main
-from medbench.task import DataRootError, open_task
+from medbench.registry import open_task
+from medbench.task import DataRootError
 
 pytestmark = pytest.mark.skipif(not TINY_WEIGHTS.exists(), reason="the shipped tiny-med-llava checkpoint is absent")
 
