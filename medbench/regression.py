@@ -17,7 +17,9 @@ Tolerances (in the units ``results.json`` stores, i.e. fractions):
 
 * **deterministic** methods (no sampling): ``NOISE_FACTOR`` × the largest change any
   deterministic entry of the same task showed for that metric between the two thread counts,
-  and never below ``FLOOR`` (the rounding of stored attention grids);
+  and never below ``FLOOR`` relative to the metric's size (``FLOOR`` × max(1, |baseline value|)):
+  attention grids are stored to 6 significant digits, and a ratio such as ``attention_peak`` (≈ 6)
+  moves by a few 1e-6 when another CPU's kernels change the last bits of the weights;
 * **sampling** methods (``selection=sample`` or nucleus): the half-width of the baseline's
   95 % bootstrap CI of that metric — another RNG stream draws other tokens, and the test-set
   sampling spread bounds how far that can move a mean — and never below the deterministic
@@ -47,7 +49,13 @@ log = logging.getLogger("medbench")
 DEFAULT_BASELINES = "results/baselines"
 DEFAULT_WORKDIR = "results/regression"
 NOISE_FACTOR = 3.0
-FLOOR = 1e-6
+FLOOR = 1e-6  # relative: 6 significant digits of the stored attention grids
+
+
+def floor_for(value: float | None) -> float:
+    """The smallest tolerance of a metric whose baseline value is ``value``: ``FLOOR`` relative to
+    its size, and ``FLOOR`` itself for values in [-1, 1] (fractions)."""
+    return FLOOR * max(1.0, abs(value or 0.0))
 SAMPLING_DECODERS = frozenset({"nucleus"})
 REGENERATE = "medbench baselines generate"
 
@@ -248,8 +256,8 @@ def derive_tolerances(results: dict[str, dict[str, Any]], noise: dict[str, dict[
     for key, res in sorted(results.items()):
         sampling = is_sampling(res)
         rows = {}
-        for metric in numeric_metrics(res):
-            det = max(NOISE_FACTOR * pooled.get((res["task"], metric), 0.0), FLOOR)
+        for metric, value in numeric_metrics(res).items():
+            det = max(NOISE_FACTOR * pooled.get((res["task"], metric), 0.0), floor_for(value))
             row = {"tolerance": det, "rule": "deterministic", "thread_noise": noise.get(key, {}).get(metric)}
             if sampling:
                 ci = (res.get("confidence_intervals") or {}).get(metric) or {}
@@ -262,7 +270,7 @@ def derive_tolerances(results: dict[str, dict[str, Any]], noise: dict[str, dict[
     return {
         "rules": {
             "deterministic": f"max({NOISE_FACTOR:g} x largest |change| of the metric over the task's deterministic "
-                             f"entries between thread counts, {FLOOR:g})",
+                             f"entries between thread counts, {FLOOR:g} x max(1, |baseline value|))",
             "sampling": "max(half-width of the baseline's 95% bootstrap CI, the deterministic tolerance)",
         },
         "measured_with": measured_with,

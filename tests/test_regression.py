@@ -67,6 +67,22 @@ def test_deterministic_tolerance_is_pooled_thread_noise_times_factor_with_a_floo
     assert sampled["tolerance"] == pytest.approx(0.1) and sampled["rule"].startswith("sampling")
 
 
+def test_floor_is_relative_to_the_size_of_the_metric():
+    """Stored attention grids keep 6 significant digits: a ratio near 6 (attention_peak) gets a floor
+    of 6e-6, a fraction 1e-6. Measured: another CPU's kernels moved attention_peak 6.0747239 by 1.04e-6."""
+    base = result(metrics={"closed_accuracy": 0.5, "attention_peak": 6.0747239, "roi_lift": -2.5})
+    tol = R.derive_tolerances({"k": base}, {}, {})
+    rows = tol["entries"]["k"]["metrics"]
+    assert rows["closed_accuracy"]["tolerance"] == R.FLOOR
+    assert rows["attention_peak"]["tolerance"] == pytest.approx(6.0747239e-6)
+    assert rows["roi_lift"]["tolerance"] == pytest.approx(2.5e-6)
+    nudged = result(metrics={"closed_accuracy": 0.5, "attention_peak": 6.0747239 + 1.04e-6, "roi_lift": -2.5})
+    assert all(d.ok for d in R.compare_to_baseline("k", nudged, base, tol))
+    moved = result(metrics={"closed_accuracy": 0.5 + 2e-6, "attention_peak": 6.0747239 + 7e-6, "roi_lift": -2.5})
+    assert {d.metric for d in R.compare_to_baseline("k", moved, base, tol) if not d.ok} == {
+        "closed_accuracy", "attention_peak"}
+
+
 def test_sampling_metric_without_a_ci_is_an_error():
     res = result(decoding="nucleus", ci={"closed_accuracy": None, "coverage": {"low": 0.7, "high": 0.9}})
     with pytest.raises(ValueError, match="no CI"):
