@@ -57,6 +57,17 @@ def test_sam_without_the_extra(command, module, dist, sam_file, tmp_path, monkey
     assert not list((tmp_path / "ckpt").rglob("COMPLETE"))
 
 
+@pytest.mark.parametrize("argv", [
+    ["weak-labels", "check", "--sam", "{sam}"],
+    ["weak-labels", "build", "--task", "phantom-vqa", "--limit", "1", "--method-args", "segmenter=sam",
+     "sam_checkpoint={sam}"],
+])
+def test_weak_labels_command_without_the_extra(argv, sam_file, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "segment_anything", None)
+    assert main(["-q", *[a.format(sam=sam_file) for a in argv]]) == 2
+    _one_error_line(capsys.readouterr().err, "segment-anything")
+
+
 @tiny
 def test_biomedclip_without_the_extra(tmp_path, monkeypatch, capsys):
     pytest.importorskip("open_clip")  # to build the folder; then it is made unimportable
