@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from decoding_fixtures import SEEDS, encode, recording, select_rows, shared_backbone, tiny_backbone
+from decoding_fixtures import SEEDS, recording, select_rows, tiny_backbone
 
 from medbench.engine import Branch, StepwiseDecoding, encode_images, image_inputs, joint_prefill
 from medbench.method import MethodArgsError
@@ -21,13 +21,6 @@ from medbench.methods.pai import PAI
 from medbench.methods.vcd import VCD, add_diffusion_noise, noise_schedule
 
 INF = float("-inf")
-
-
-@pytest.fixture(scope="module")
-def setup():
-    backbone = shared_backbone()
-    samples, images, batch = encode(backbone, 3)
-    return backbone, batch
 
 
 class PlainSampling(StepwiseDecoding):
@@ -88,7 +81,7 @@ def test_vcd_schedule_constants():
 
 @pytest.mark.parametrize("step", [500, 999])
 def test_vcd_noised_pixels_follow_the_ddpm_formula(setup, step):
-    _, batch = setup
+    *_, batch = setup
     shape = tuple(batch.pixel_values.shape[1:])
     got = add_diffusion_noise(batch.pixel_values, step, [torch.Generator().manual_seed(s) for s in SEEDS])
     eps = noise_draws(shape, [torch.Generator().manual_seed(s) for s in SEEDS])
@@ -101,19 +94,19 @@ def test_vcd_noised_pixels_follow_the_ddpm_formula(setup, step):
 
 
 def test_vcd_alpha0_greedy_equals_greedy(setup):
-    backbone, batch = setup
+    backbone, *_, batch = setup
     greedy = Greedy().generate(backbone, batch, SEEDS, 4).tokens
     assert VCD(alpha=0.0, beta=0.5, selection="greedy").generate(backbone, batch, SEEDS, 4).tokens == greedy
 
 
 def test_vcd_alpha0_beta0_sampling_equals_engine_sampling(setup):
-    backbone, batch = setup
+    backbone, *_, batch = setup
     plain = PlainSampling().generate(backbone, batch, SEEDS, 4).tokens
     assert VCD(alpha=0.0, beta=0.0).generate(backbone, batch, SEEDS, 4).tokens == plain
 
 
 def test_vcd_contrast_row_equals_standalone_noised_run(setup):
-    backbone, batch = setup
+    backbone, *_, batch = setup
     method = recording(VCD)(selection="greedy")
     gen = method.generate(backbone, batch, SEEDS, 3)
     # the standalone run's pixels come from Eq. 2 computed here, ε from each sample's noise generator
@@ -128,7 +121,7 @@ def test_vcd_contrast_row_equals_standalone_noised_run(setup):
 
 
 def test_vcd_noise_is_per_sample(setup):
-    _, batch = setup
+    *_, batch = setup
     gens = [torch.Generator().manual_seed(s) for s in SEEDS]
     noised = add_diffusion_noise(batch.pixel_values, 500, gens)
     single = add_diffusion_noise(batch.pixel_values[1:2], 500, [torch.Generator().manual_seed(SEEDS[1])])
@@ -150,7 +143,7 @@ def test_m3id_hand_combine():
 
 
 def test_m3id_lambda0_equals_vcd_alpha0(setup):
-    backbone, batch = setup
+    backbone, *_, batch = setup
     a = M3ID(lam=0.0).generate(backbone, batch, SEEDS, 4).tokens
     assert a == VCD(alpha=0.0).generate(backbone, batch, SEEDS, 4).tokens
 
@@ -179,13 +172,13 @@ def test_avisc_blind_tokens_hand_example():
 
 
 def test_avisc_alpha0_is_greedy(setup):
-    backbone, batch = setup
+    backbone, *_, batch = setup
     greedy = Greedy().generate(backbone, batch, SEEDS, 3).tokens
     assert AVISC(alpha=0.0, selection="greedy").generate(backbone, batch, SEEDS, 3).tokens == greedy
 
 
 def test_avisc_nothing_zeroed_gives_expert(setup):
-    backbone, batch = setup
+    backbone, *_, batch = setup
     method = recording(AVISC)(variant="reference", lamb=float("-inf"), selection="greedy")
     method.generate(backbone, batch, SEEDS, 2)
     for expert, negative in method.seen:
@@ -193,7 +186,7 @@ def test_avisc_nothing_zeroed_gives_expert(setup):
 
 
 def test_avisc_all_zeroed_equals_manual_forward_and_staged_cache(setup):
-    backbone, batch = setup
+    backbone, *_, batch = setup
     method = recording(AVISC)(variant="reference", lamb=float("inf"), selection="greedy")
     gen = method.generate(backbone, batch, SEEDS, 2)
     zeros = torch.zeros_like(encode_images(backbone.model, batch.pixel_values))
@@ -205,7 +198,7 @@ def test_avisc_all_zeroed_equals_manual_forward_and_staged_cache(setup):
 
 
 def test_avisc_blind_set_padding_invariant(setup):
-    backbone, batch = setup
+    backbone, *_, batch = setup
     method = AVISC(selection="greedy")
     method.generate(backbone, batch, SEEDS, 1)
     together = method.blind.clone()
@@ -230,7 +223,7 @@ def hand_blind_set(attn: np.ndarray, layer_gamma: float, top_blind: int) -> set[
 
 def test_avisc_blind_set_comes_from_the_last_prompt_row(setup):
     """The blind set equals the rule applied to an eager forward's last prompt row (not any other row)."""
-    backbone, batch = setup
+    backbone, *_, batch = setup
     method = AVISC(selection="greedy", blind_rule="topk", top_blind=10, layer_gamma=0.5)
     method.generate(backbone, batch, SEEDS, 1)
     eager = tiny_backbone()  # the same weights as the shared backbone, with HF's eager attention
@@ -252,7 +245,7 @@ def test_avisc_blind_set_comes_from_the_last_prompt_row(setup):
 
 # ---- DAMRO -------------------------------------------------------------------------------------
 def test_damro_qk_recompute_equals_hook_capture(setup):
-    backbone, batch = setup
+    backbone, *_, batch = setup
     layer = vision_encoder_layers(backbone.model)[-2]
     seen = {}
     hooks = [layer.self_attn.q_proj.register_forward_hook(lambda m, i, o: seen.__setitem__("q", o)),
@@ -270,7 +263,7 @@ def test_damro_qk_recompute_equals_hook_capture(setup):
 
 
 def test_damro_contrast_row_layout(setup):
-    backbone, batch = setup
+    backbone, *_, batch = setup
     branches = DAMRO(k=7).branches(backbone, batch, SEEDS)
     n = backbone.num_image_tokens
     assert branches[1].image_features.shape[1] == 7
@@ -278,7 +271,7 @@ def test_damro_contrast_row_layout(setup):
 
 
 def test_damro_all_tokens_raster_equals_expert(setup):
-    backbone, batch = setup
+    backbone, *_, batch = setup
     method = recording(DAMRO)(k=backbone.num_image_tokens, order="raster", selection="greedy")
     method.generate(backbone, batch, SEEDS, 2)
     for expert, negative in method.seen:
@@ -286,7 +279,7 @@ def test_damro_all_tokens_raster_equals_expert(setup):
 
 
 def test_damro_alpha0_and_medheval(setup):
-    backbone, batch = setup
+    backbone, *_, batch = setup
     greedy = Greedy().generate(backbone, batch, SEEDS, 3).tokens
     assert DAMRO(alpha=0.0, selection="greedy").generate(backbone, batch, SEEDS, 3).tokens == greedy
     med = DAMRO(variant="medheval", selection="greedy")
@@ -306,7 +299,7 @@ def test_damro_reference_skips_processors():
 
 def test_damro_a3tune_is_the_scripts_fall_through_sampling(setup):
     """A3Tune's ``--baseline damro``: no contrast row, sampling at T=0.7 with HF's default top-k 50."""
-    backbone, batch = setup
+    backbone, *_, batch = setup
     method = recording(DAMRO)(variant="a3tune")
     p = method.params
     assert (p.contrast_row, p.selection, p.temperature, p.top_k, p.top_p) == (False, "sample", 0.7, 50, 1.0)
@@ -319,7 +312,7 @@ def test_damro_a3tune_is_the_scripts_fall_through_sampling(setup):
 
 
 def test_branch_features_zero_rows_only_where_asked(setup):
-    backbone, batch = setup
+    backbone, *_, batch = setup
     feats = encode_images(backbone.model, batch.pixel_values)
     a = joint_prefill(backbone, [Branch("f", batch.input_ids, batch.attention_mask, image_features=feats)])
     b = joint_prefill(backbone, [Branch("p", batch.input_ids, batch.attention_mask, batch.pixel_values)])

@@ -7,7 +7,7 @@ import types
 
 import pytest
 import torch
-from decoding_fixtures import SEEDS, encode, logits_of, recording, select_rows, shared_backbone
+from decoding_fixtures import SEEDS, logits_of, recording, select_rows
 
 from medbench.attention import AttentionEdit, eager_rows, edit_attention
 from medbench.engine import joint_prefill, main_branch
@@ -16,13 +16,6 @@ from medbench.methods.contrastive import text_only_branch
 from medbench.methods.dola import DoLa, candidate_layers, dola_scores, layer_divergence
 from medbench.methods.greedy import Greedy
 from medbench.methods.pai import PAI
-
-
-@pytest.fixture(scope="module")
-def setup():
-    backbone = shared_backbone()
-    samples, images, batch = encode(backbone, 3)
-    return backbone, samples, images, batch
 
 
 # ---- DoLa --------------------------------------------------------------------------------------

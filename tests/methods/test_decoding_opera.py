@@ -4,19 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from decoding_fixtures import SEEDS, encode, select_rows, shared_backbone
+from decoding_fixtures import SEEDS, select_rows
 
 from medbench.backbones.base import Backbone
 from medbench.engine import encode_images, hf_generate, image_inputs, joint_prefill, main_branch
 from medbench.methods.opera import OPERA, overtrust
 from medbench.types import AnswerType
-
-
-@pytest.fixture(scope="module")
-def setup():
-    backbone = shared_backbone()
-    samples, images, batch = encode(backbone, 3)
-    return backbone, samples, images, batch
 
 
 def test_overtrust_hand_values():
